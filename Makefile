@@ -1,0 +1,44 @@
+# Every target installs what it needs first, so a fresh clone needs only `make demo`
+# or `make test`. System tools (bubblewrap, busybox-static) come from Debian's packages.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: setup system-deps demo test lint typecheck check benchmark clean
+
+setup: system-deps $(VENV)/.installed
+
+system-deps:
+	@missing=""; \
+	command -v bwrap >/dev/null 2>&1 || missing="$$missing bubblewrap"; \
+	[ -x /usr/bin/busybox ] && /usr/bin/busybox --list 2>/dev/null | grep -qx nsenter \
+		&& ! (command -v file >/dev/null && file -L /usr/bin/busybox | grep -q dynamic) \
+		|| missing="$$missing busybox-static"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/runner-driver demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check runner_driver tests
+
+typecheck: setup
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

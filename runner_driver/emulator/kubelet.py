@@ -1,0 +1,1234 @@
+"""The emulated node: scheduler, kubelet and the controllers a CI driver depends on.
+
+It turns stored pods into running sandboxes and writes back what a real cluster would:
+scheduling conditions and `FailedScheduling` messages, image pulls (and
+`ErrImagePull`/`ImagePullBackOff` for images it cannot pull), container states with
+exit codes and reasons (`Completed`, `Error`, `OOMKilled`), pod phases, events, the
+`activeDeadlineSeconds` deadline, graceful deletion (SIGTERM, then SIGKILL after the
+grace period), eviction, node readiness, namespace deletion and owner-reference
+garbage collection. It runs on the emulator's event loop and must never block it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import copy
+import logging
+import os
+import re
+import secrets as pysecrets
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import images, sandbox, scheduler
+from .selectors import SelectorError, parse_quantity
+from .store import RESOURCES, ApiError, Obj, Store, WatchEvent, now_rfc3339
+
+log = logging.getLogger("runner_driver.emulator")
+
+WAITING_CREATING = {"reason": "ContainerCreating"}
+
+
+@dataclass
+class NodeSettings:
+    """The single node's capacity, labels and timings."""
+
+    name: str = "emulated-node"
+    cpu: str = field(default_factory=lambda: str(os.cpu_count() or 2))
+    memory: str = "8Gi"
+    ephemeral_storage: str = "20Gi"
+    pods: str = "110"
+    labels: dict[str, str] = field(default_factory=dict)
+    taints: list[Obj] = field(default_factory=list)
+    kubernetes_version: str = "v1.34.1"
+    # Seconds an image pull takes (a real pull takes far longer; tests want speed).
+    pull_seconds: float = 0.02
+    # First image-pull back-off; it doubles up to ten times this.
+    pull_backoff_seconds: float = 1.0
+    # How long a NotReady node keeps pods before evicting them (the default toleration).
+    not_ready_eviction_seconds: float = 300.0
+
+
+def _arch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+@dataclass
+class ContainerRun:
+    """One container of a pod on this node, and its live process."""
+
+    name: str
+    spec: Obj
+    init: bool
+    profile: images.ImageProfile | None = None
+    rootfs: Path | None = None
+    sandbox: sandbox.SandboxSpec | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "/"
+    process: asyncio.subprocess.Process | None = None
+    pid: int = 0
+    log_path: Path | None = None
+    termination_log: Path | None = None
+    state: Obj = field(default_factory=lambda: {"waiting": dict(WAITING_CREATING)})
+    last_state: Obj = field(default_factory=dict)
+    restart_count: int = 0
+    ready: bool = False
+    image_id: str = ""
+    container_id: str = ""
+    forced_reason: str | None = None
+    oom_baseline: int = 0
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    log_writers: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+@dataclass
+class PodRun:
+    """The node-side state of one pod."""
+
+    namespace: str
+    name: str
+    uid: str
+    directory: Path
+    containers: dict[str, ContainerRun] = field(default_factory=dict)
+    task: asyncio.Task[None] | None = None
+    terminating: bool = False
+    grace_seconds: float = 30.0
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: str = ""
+    status_reason: str | None = None
+    status_message: str | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class EventRecorder:
+    """Creates `Event` objects the way the kubelet and scheduler do, deduplicating repeats."""
+
+    def __init__(self, store: Store, node: str) -> None:
+        self._store = store
+        self._node = node
+
+    def record(self, obj: Obj, event_type: str, reason: str, message: str,
+               component: str = "kubelet", field_path: str | None = None) -> None:
+        """Record (or count again) one event about `obj`."""
+        meta = obj["metadata"]
+        namespace = meta.get("namespace") or "default"
+        if self._store.find("namespaces", "", namespace) is None:
+            return
+        stamp = now_rfc3339()
+        for existing in self._store.items("events", namespace):
+            involved = existing["involvedObject"]
+            if (involved.get("uid") == meta.get("uid") and existing["reason"] == reason
+                    and existing["message"] == message
+                    and involved.get("fieldPath") == field_path):
+                existing["count"] = existing.get("count", 1) + 1
+                existing["lastTimestamp"] = stamp
+                self._store.touch("events", existing)
+                return
+        involved: Obj = {"kind": obj.get("kind", "Pod"), "namespace": meta.get("namespace", ""),
+                         "name": meta["name"], "uid": meta.get("uid", ""), "apiVersion": "v1",
+                         "resourceVersion": meta.get("resourceVersion", "")}
+        if field_path:
+            involved["fieldPath"] = field_path
+        event = {
+            # The kubelet names events after the object and the time in nanoseconds.
+            "metadata": {"name": f"{meta['name']}.{time.time_ns():x}"},
+            "involvedObject": involved,
+            "reason": reason,
+            "message": message,
+            "source": {"component": component} | ({"host": self._node}
+                                                   if component == "kubelet" else {}),
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "type": event_type,
+            "eventTime": None,
+            "reportingComponent": component,
+            "reportingInstance": self._node if component == "kubelet" else "",
+        }
+        self._store.create("events", namespace, event)
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes `$(VAR)` expansion in env values, command and args (`$$` escapes)."""
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env.get(name, match.group(0))
+
+    return re.sub(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)", replace, text)
+
+
+class Kubelet:
+    """The node and its control loops, driven by store changes."""
+
+    def __init__(self, store: Store, settings: NodeSettings, workdir: Path, api_port: int) -> None:
+        self.store = store
+        self.settings = settings
+        self.workdir = workdir
+        self.api_port = api_port
+        self.events = EventRecorder(store, settings.name)
+        self.runs: dict[tuple[str, str], PodRun] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._schedule_pending = False
+        self._closing = False
+        self.node_ready = True
+        store.add_listener(self._on_change)
+
+    # Setup
+
+    def start(self) -> None:
+        """Create the node and default namespaces, then start the periodic loops."""
+        labels = {"kubernetes.io/arch": _arch(), "kubernetes.io/os": "linux",
+                  "kubernetes.io/hostname": self.settings.name,
+                  "node-role.kubernetes.io/control-plane": "",
+                  "beta.kubernetes.io/arch": _arch(), "beta.kubernetes.io/os": "linux"}
+        labels.update(self.settings.labels)
+        capacity = {"cpu": self.settings.cpu, "memory": self.settings.memory,
+                    "ephemeral-storage": self.settings.ephemeral_storage,
+                    "pods": self.settings.pods}
+        self.store.create("nodes", "", {
+            "metadata": {"name": self.settings.name, "labels": labels,
+                         "annotations": {"runner-driver.dev/emulated": "true"}},
+            "spec": {"taints": copy.deepcopy(self.settings.taints)},
+            "status": {
+                "capacity": dict(capacity), "allocatable": dict(capacity),
+                "conditions": self._node_conditions(True),
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                              {"type": "Hostname", "address": self.settings.name}],
+                "nodeInfo": {"architecture": _arch(), "operatingSystem": "linux",
+                             "kubeletVersion": self.settings.kubernetes_version,
+                             "containerRuntimeVersion": "bubblewrap://emulated",
+                             "kernelVersion": os.uname().release,
+                             "osImage": "runner-driver emulated node"},
+            }})
+        for namespace in ("default", "kube-system", "kube-public"):
+            self.store.create("namespaces", "", {"metadata": {"name": namespace}})
+        self._spawn(self._periodic())
+
+    def _node_conditions(self, ready: bool) -> list[Obj]:
+        stamp = now_rfc3339()
+        conditions = [{"type": t, "status": "False", "reason": f"KubeletHas{r}",
+                       "message": m, "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}
+                      for t, r, m in (("MemoryPressure", "SufficientMemory",
+                                       "kubelet has sufficient memory available"),
+                                      ("DiskPressure", "NoDiskPressure",
+                                       "kubelet has no disk pressure"),
+                                      ("PIDPressure", "SufficientPID",
+                                       "kubelet has sufficient PID available"))]
+        conditions.append({"type": "Ready", "status": "True" if ready else "Unknown",
+                           "reason": "KubeletReady" if ready else "NodeStatusUnknown",
+                           "message": "kubelet is posting ready status" if ready
+                           else "Kubelet stopped posting node status.",
+                           "lastHeartbeatTime": stamp, "lastTransitionTime": stamp})
+        return conditions
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self._closing:
+            log.error("emulator task failed", exc_info=task.exception())
+
+    # Reacting to changes
+
+    def _on_change(self, event: WatchEvent) -> None:
+        if self._closing:
+            return
+        if event.resource == "namespaces" and event.type == "ADDED":
+            name = event.obj["metadata"]["name"]
+            asyncio.get_running_loop().call_soon(self._namespace_added, name)
+        if event.resource == "pods":
+            if event.type == "ADDED" or (event.type == "DELETED"):
+                self._request_scheduling()
+            if event.type == "DELETED":
+                asyncio.get_running_loop().call_soon(self._collect_dependents,
+                                                     event.obj["metadata"]["uid"])
+            elif event.obj["spec"].get("nodeName"):
+                key = (event.namespace, event.obj["metadata"]["name"])
+                if key not in self.runs and not event.obj["metadata"].get("deletionTimestamp") \
+                        and event.obj["status"].get("phase") in ("Pending", None):
+                    self._start_pod(event.obj)
+        if event.resource in ("secrets", "configmaps") and event.type == "DELETED":
+            asyncio.get_running_loop().call_soon(self._collect_dependents,
+                                                 event.obj["metadata"]["uid"])
+
+    def _namespace_added(self, name: str) -> None:
+        if self.store.find("serviceaccounts", name, "default") is None:
+            self.store.create("serviceaccounts", name, {"metadata": {"name": "default"}})
+        if self.store.find("configmaps", name, "kube-root-ca.crt") is None:
+            bundle = images.host_ca_bundle()
+            ca = bundle.read_text() if bundle else ""
+            self.store.create("configmaps", name, {
+                "metadata": {"name": "kube-root-ca.crt",
+                             "annotations": {"kubernetes.io/description":
+                                             "Contains a CA bundle that can be used to verify "
+                                             "the kube-apiserver when using internal endpoints "
+                                             "such as the internal service IP or "
+                                             "kubernetes.default.svc. No other usage is "
+                                             "guaranteed across distributions of Kubernetes "
+                                             "clusters."}},
+                "data": {"ca.crt": ca}})
+
+    def _request_scheduling(self) -> None:
+        if not self._schedule_pending:
+            self._schedule_pending = True
+            asyncio.get_running_loop().call_soon(self._schedule)
+
+    def _schedule(self) -> None:
+        self._schedule_pending = False
+        node = self.store.find("nodes", "", self.settings.name)
+        if node is None:
+            return
+        for pod in list(self.store.items("pods")):
+            if pod["spec"].get("nodeName") or pod["metadata"].get("deletionTimestamp"):
+                continue
+            on_node = [p for p in self.store.items("pods")
+                       if p["spec"].get("nodeName") == self.settings.name]
+            reasons = scheduler.unschedulable_reasons(pod, node, on_node)
+            if reasons:
+                message = scheduler.failure_message(reasons)
+                condition = {"type": "PodScheduled", "status": "False", "lastProbeTime": None,
+                             "lastTransitionTime": now_rfc3339(), "reason": "Unschedulable",
+                             "message": message}
+                current = [c for c in pod["status"].get("conditions", [])
+                           if c["type"] == "PodScheduled"]
+                if not current or current[0].get("message") != message:
+                    pod["status"]["conditions"] = [condition]
+                    self.store.touch("pods", pod)
+                    self.events.record(pod, "Warning", "FailedScheduling", message,
+                                       component="default-scheduler")
+                continue
+            pod["spec"]["nodeName"] = self.settings.name
+            pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "True",
+                                            "lastProbeTime": None,
+                                            "lastTransitionTime": now_rfc3339()}]
+            self.store.touch("pods", pod)
+            meta = pod["metadata"]
+            self.events.record(pod, "Normal", "Scheduled",
+                               f"Successfully assigned {meta['namespace']}/{meta['name']} to "
+                               f"{self.settings.name}", component="default-scheduler")
+
+    async def _periodic(self) -> None:
+        """Retry scheduling, enforce deadlines and collect orphans about once a second."""
+        while not self._closing:
+            await asyncio.sleep(0.5)
+            self._request_scheduling()
+            self._enforce_deadlines()
+            self._collect_orphans()
+
+    def _enforce_deadlines(self) -> None:
+        now = time.time()
+        for run in list(self.runs.values()):
+            pod = self.store.find("pods", run.namespace, run.name)
+            if pod is None or run.terminating or not run.started_at:
+                continue
+            deadline = pod["spec"].get("activeDeadlineSeconds")
+            started = datetime.strptime(run.started_at, "%Y-%m-%dT%H:%M:%SZ").replace(
+                tzinfo=UTC).timestamp()
+            if deadline and now - started > deadline \
+                    and pod["status"].get("phase") not in ("Succeeded", "Failed"):
+                run.status_reason = "DeadlineExceeded"
+                run.status_message = "Pod was active on the node longer than the specified deadline"
+                self.events.record(pod, "Normal", "DeadlineExceeded", run.status_message)
+                self._spawn(self._terminate(run, float(pod["spec"].get(
+                    "terminationGracePeriodSeconds", 30)), remove=False))
+
+    def _collect_orphans(self) -> None:
+        for resource in ("pods", "secrets", "configmaps"):
+            for obj in list(self.store.items(resource)):
+                owners = obj["metadata"].get("ownerReferences") or []
+                if owners and not any(self.store.uid_exists(o.get("uid", "")) for o in owners):
+                    self._delete_dependent(resource, obj)
+
+    def _collect_dependents(self, uid: str) -> None:
+        for resource in ("pods", "secrets", "configmaps"):
+            for obj in list(self.store.items(resource)):
+                owners = obj["metadata"].get("ownerReferences") or []
+                if any(o.get("uid") == uid for o in owners) and not any(
+                        self.store.uid_exists(o.get("uid", "")) for o in owners):
+                    self._delete_dependent(resource, obj)
+
+    def _delete_dependent(self, resource: str, obj: Obj) -> None:
+        meta = obj["metadata"]
+        with contextlib.suppress(ApiError):
+            if resource == "pods":
+                self.delete_pod(meta["namespace"], meta["name"], None)
+            else:
+                self.store.remove(resource, meta["namespace"], meta["name"])
+
+    # API-facing operations
+
+    def delete_pod(self, namespace: str, name: str, grace: int | None) -> Obj:
+        """Start graceful deletion; return the pod as the API returns it.
+
+        Raises:
+            ApiError: 404 when the pod does not exist.
+        """
+        pod = self.store.find("pods", namespace, name)
+        if pod is None:
+            return self.store.get("pods", namespace, name)
+        if grace is None:
+            grace = int(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        run = self.runs.get((namespace, name))
+        if run is None or (run.finished.is_set() and not run.terminating):
+            if run is not None:
+                self._spawn(self._finish_removal(run))
+                pod["metadata"]["deletionTimestamp"] = now_rfc3339()
+                pod["metadata"]["deletionGracePeriodSeconds"] = 0
+                self.store.touch("pods", pod)
+                return copy.deepcopy(pod)
+            return self.store.remove("pods", namespace, name)
+        if pod["metadata"].get("deletionTimestamp"):
+            if grace < run.grace_seconds:
+                run.grace_seconds = grace
+                run.stop.set()
+            return copy.deepcopy(pod)
+        pod["metadata"]["deletionTimestamp"] = now_rfc3339()
+        pod["metadata"]["deletionGracePeriodSeconds"] = grace
+        self.store.touch("pods", pod)
+        self._spawn(self._terminate(run, float(grace), remove=True))
+        return copy.deepcopy(pod)
+
+    def evict(self, namespace: str, name: str) -> None:
+        """Evict a pod as the Eviction API does: mark DisruptionTarget, then delete it.
+
+        Raises:
+            ApiError: 404 when the pod does not exist.
+        """
+        pod = self.store.find("pods", namespace, name)
+        if pod is None:
+            raise ApiError(404, "NotFound", f'pods "{name}" not found',
+                           {"name": name, "kind": "pods"})
+        pod["status"].setdefault("conditions", []).append({
+            "type": "DisruptionTarget", "status": "True", "lastProbeTime": None,
+            "lastTransitionTime": now_rfc3339(), "reason": "EvictionByEvictionAPI",
+            "message": "Eviction API: evicting"})
+        self.store.touch("pods", pod)
+        self.events.record(pod, "Normal", "Killing", "Stopping pod (evicted)")
+        self.delete_pod(namespace, name, None)
+
+    def oom_kill(self, namespace: str, name: str, container: str) -> None:
+        """Kill a container as the kernel does when it exceeds its memory limit.
+
+        Raises:
+            ApiError: 404 when the pod or a running container of that name is missing.
+        """
+        run = self.runs.get((namespace, name))
+        target = run.containers.get(container) if run else None
+        if target is None or target.pid <= 0 or target.exited.is_set():
+            raise ApiError(404, "NotFound",
+                           f'container "{container}" in pod "{name}" is not running')
+        target.forced_reason = "OOMKilled"
+        sandbox.signal_pid(target.pid, signal.SIGKILL)
+
+    def set_node_ready(self, ready: bool) -> None:
+        """Take the node NotReady (or back), with the taints and pod effects that follow."""
+        self.node_ready = ready
+        node = self.store.find("nodes", "", self.settings.name)
+        if node is None:
+            return
+        node["status"]["conditions"] = self._node_conditions(ready)
+        taints = [t for t in node["spec"].get("taints") or []
+                  if t.get("key") != "node.kubernetes.io/not-ready"]
+        if not ready:
+            taints += [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"},
+                       {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute",
+                        "timeAdded": now_rfc3339()}]
+        node["spec"]["taints"] = taints
+        self.store.touch("nodes", node)
+        if not ready:
+            self.events.record(node, "Normal", "NodeNotReady",
+                               f"Node {self.settings.name} status is now: NodeNotReady",
+                               component="node-controller")
+            for run in list(self.runs.values()):
+                pod = self.store.find("pods", run.namespace, run.name)
+                if pod is None:
+                    continue
+                for condition in pod["status"].get("conditions", []):
+                    if condition["type"] in ("Ready", "ContainersReady"):
+                        condition["status"] = "False"
+                self.store.touch("pods", pod)
+                self.events.record(pod, "Warning", "NodeNotReady", "Node is not ready",
+                                   component="node-controller")
+                self._spawn(self._evict_after_not_ready(run))
+        self._request_scheduling()
+
+    async def _evict_after_not_ready(self, run: PodRun) -> None:
+        await asyncio.sleep(self.settings.not_ready_eviction_seconds)
+        pod = self.store.find("pods", run.namespace, run.name)
+        if self.node_ready or pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        pod["status"].setdefault("conditions", []).append({
+            "type": "DisruptionTarget", "status": "True", "lastProbeTime": None,
+            "lastTransitionTime": now_rfc3339(), "reason": "DeletionByTaintManager",
+            "message": "Taint manager: deleting due to NoExecute taint"})
+        self.store.touch("pods", pod)
+        self.events.record(pod, "Normal", "TaintManagerEviction",
+                           f"Marking for deletion Pod {run.namespace}/{run.name}",
+                           component="taint-eviction-controller")
+        self.delete_pod(run.namespace, run.name, None)
+
+    def delete_namespace(self, name: str) -> Obj:
+        """Start namespace deletion: mark it Terminating and delete everything in it."""
+        namespace = self.store.find("namespaces", "", name)
+        if namespace is None:
+            return self.store.get("namespaces", "", name)
+        if not namespace["metadata"].get("deletionTimestamp"):
+            namespace["metadata"]["deletionTimestamp"] = now_rfc3339()
+            namespace.setdefault("status", {})["phase"] = "Terminating"
+            self.store.touch("namespaces", namespace)
+            self._spawn(self._drain_namespace(name))
+        return copy.deepcopy(namespace)
+
+    async def _drain_namespace(self, name: str) -> None:
+        for pod in list(self.store.items("pods", name)):
+            with contextlib.suppress(ApiError):
+                self.delete_pod(name, pod["metadata"]["name"], None)
+        while any(True for _ in self.store.items("pods", name)):
+            await asyncio.sleep(0.1)
+        for resource, spec in RESOURCES.items():
+            if spec.namespaced:
+                for obj in list(self.store.items(resource, name)):
+                    with contextlib.suppress(ApiError):
+                        self.store.remove(resource, name, obj["metadata"]["name"])
+        with contextlib.suppress(ApiError):
+            self.store.remove("namespaces", "", name)
+
+    def container_for(self, namespace: str, name: str, container: str | None,
+                      action: str) -> tuple[PodRun, ContainerRun]:
+        """Find a container to exec into or read logs from, with the API's errors.
+
+        Raises:
+            ApiError: 404 for a missing pod, 400 for a missing or ambiguous container,
+                400 for a pod that is not scheduled or a container that has not started.
+        """
+        pod = self.store.find("pods", namespace, name)
+        if pod is None:
+            raise ApiError(404, "NotFound", f'pods "{name}" not found',
+                           {"name": name, "kind": "pods"})
+        names = [c["name"] for c in pod["spec"]["containers"]]
+        init_names = [c["name"] for c in pod["spec"].get("initContainers") or []]
+        if not container:
+            if len(names) != 1:
+                choices = " ".join(names)
+                extra = f" or one of the init containers: [{' '.join(init_names)}]" \
+                    if init_names else ""
+                raise ApiError(400, "BadRequest",
+                               f"a container name must be specified for pod {name}, "
+                               f"choose one of: [{choices}]{extra}")
+            container = names[0]
+        if container not in names + init_names:
+            raise ApiError(400, "BadRequest",
+                           f"container {container} is not valid for pod {name}")
+        run = self.runs.get((namespace, name))
+        if not pod["spec"].get("nodeName") or run is None:
+            raise ApiError(400, "BadRequest", f"pod {name} does not have a host assigned")
+        target = run.containers.get(container)
+        if target is None or "waiting" in target.state:
+            reason = (target.state["waiting"].get("reason", "ContainerCreating")
+                      if target else "PodInitializing")
+            waiting = ("trying and failing to pull image"
+                       if reason in ("ErrImagePull", "ImagePullBackOff") else reason)
+            raise ApiError(400, "BadRequest", f'container "{container}" in pod "{name}" is '
+                           f"waiting to start: {waiting}")
+        if action == "exec" and ("terminated" in target.state or target.pid <= 0):
+            raise ApiError(500, "InternalError",
+                           f"error executing command in container: container {container} "
+                           "is not running")
+        return run, target
+
+    # Pod lifecycle
+
+    def _start_pod(self, pod: Obj) -> None:
+        meta = pod["metadata"]
+        directory = self.workdir / "pods" / meta["uid"]
+        run = PodRun(meta["namespace"], meta["name"], meta["uid"], directory)
+        for c in pod["spec"].get("initContainers") or []:
+            run.containers[c["name"]] = ContainerRun(c["name"], c, init=True)
+        for c in pod["spec"]["containers"]:
+            run.containers[c["name"]] = ContainerRun(c["name"], c, init=False)
+        self.runs[(run.namespace, run.name)] = run
+        run.task = self._spawn(self._run_pod(run))
+
+    def _pod(self, run: PodRun) -> Obj | None:
+        pod = self.store.find("pods", run.namespace, run.name)
+        if pod is None or pod["metadata"]["uid"] != run.uid:
+            return None
+        return pod
+
+    def _publish(self, run: PodRun) -> None:
+        """Write the pod's status from the node's view of its containers."""
+        pod = self._pod(run)
+        if pod is None:
+            return
+        status = pod["status"]
+        stamp = now_rfc3339()
+
+        def status_of(c: ContainerRun) -> Obj:
+            entry: Obj = {"name": c.name, "state": copy.deepcopy(c.state),
+                          "lastState": copy.deepcopy(c.last_state), "ready": c.ready,
+                          "restartCount": c.restart_count, "image": c.spec.get("image", ""),
+                          "imageID": c.image_id, "started": "running" in c.state}
+            if c.container_id:
+                entry["containerID"] = c.container_id
+            return entry
+
+        inits = [c for c in run.containers.values() if c.init]
+        mains = [c for c in run.containers.values() if not c.init]
+        status["containerStatuses"] = [status_of(c) for c in mains]
+        if inits:
+            status["initContainerStatuses"] = [status_of(c) for c in inits]
+        status["hostIP"] = "127.0.0.1"
+        status["hostIPs"] = [{"ip": "127.0.0.1"}]
+        if run.started_at:
+            status["startTime"] = run.started_at
+            if not status.get("podIP"):
+                octet = int(run.uid.replace("-", "")[:4], 16) % 250 + 2
+                status["podIP"] = f"10.244.0.{octet}"
+                status["podIPs"] = [{"ip": status["podIP"]}]
+        policy = pod["spec"].get("restartPolicy", "Always")
+        terminated = [c for c in mains if "terminated" in c.state]
+        init_failed = any("terminated" in c.state and c.state["terminated"]["exitCode"] != 0
+                          for c in inits) and policy == "Never"
+        if run.status_reason in ("DeadlineExceeded",) or init_failed:
+            phase = "Failed"
+        elif mains and len(terminated) == len(mains) and policy != "Always" and all(
+                c.state["terminated"]["exitCode"] == 0 or policy == "Never" for c in mains):
+            phase = "Succeeded" if all(c.state["terminated"]["exitCode"] == 0
+                                       for c in mains) else "Failed"
+        elif (all("waiting" not in c.state or c.restart_count > 0 for c in mains) and any(
+                "running" in c.state for c in mains)) or (mains and all("waiting" not in c.state for c in mains) and terminated):
+            phase = "Running"
+        else:
+            phase = "Pending"
+        status["phase"] = phase
+        if run.status_reason:
+            status["reason"] = run.status_reason
+            status["message"] = run.status_message
+        initialized = all("terminated" in c.state and c.state["terminated"]["exitCode"] == 0
+                          for c in inits)
+        ready = bool(mains) and all(c.ready for c in mains) and self.node_ready \
+            and phase == "Running"
+        previous = {c["type"]: c for c in status.get("conditions", [])}
+
+        def condition(kind: str, value: bool, reason: str | None = None) -> Obj:
+            text = "True" if value else "False"
+            old = previous.get(kind)
+            entry: Obj = {"type": kind, "status": text, "lastProbeTime": None,
+                          "lastTransitionTime": old["lastTransitionTime"]
+                          if old and old["status"] == text else stamp}
+            if not value and reason:
+                entry["reason"] = reason
+            return entry
+
+        not_ready = [c.name for c in mains if not c.ready]
+        conditions = [
+            condition("PodReadyToStartContainers", bool(run.started_at)),
+            condition("Initialized", initialized, "ContainersNotInitialized"),
+            condition("Ready", ready, "PodCompleted" if phase in ("Succeeded", "Failed")
+                      else "ContainersNotReady"),
+            condition("ContainersReady", ready, "PodCompleted" if phase in ("Succeeded", "Failed")
+                      else "ContainersNotReady"),
+            condition("PodScheduled", True),
+        ]
+        for entry in conditions:
+            if entry["type"] in ("Ready", "ContainersReady") and entry.get(
+                    "reason") == "ContainersNotReady":
+                entry["message"] = f"containers with unready status: [{' '.join(not_ready)}]"
+        if "DisruptionTarget" in previous:
+            conditions.append(previous["DisruptionTarget"])
+        status["conditions"] = conditions
+        self.store.touch("pods", pod)
+
+    async def _run_pod(self, run: PodRun) -> None:
+        try:
+            pod = self._pod(run)
+            if pod is None:
+                return
+            run.directory.mkdir(parents=True, exist_ok=True)
+            if not await self._prepare_volumes(run):
+                return
+            run.started_at = now_rfc3339()
+            self._publish(run)
+            inits = [c for c in run.containers.values() if c.init]
+            for container in inits:
+                if run.terminating:
+                    return
+                container.state = {"waiting": {"reason": "PodInitializing"}}
+                code = await self._run_container_to_end(run, container)
+                if code != 0 and (self._pod(run) or {}).get("spec", {}).get(
+                        "restartPolicy") == "Never":
+                    for main in run.containers.values():
+                        if not main.init:
+                            main.state = {"waiting": {"reason": "PodInitializing"}}
+                    self._publish(run)
+                    return
+            mains = [c for c in run.containers.values() if not c.init]
+            await asyncio.gather(*(self._run_container_to_end(run, c) for c in mains))
+        finally:
+            run.finished.set()
+
+    async def _prepare_volumes(self, run: PodRun) -> bool:
+        """Materialise every volume; wait (like the kubelet) while a source is missing."""
+        delay = 0.5
+        while not run.terminating:
+            pod = self._pod(run)
+            if pod is None:
+                return False
+            problem = None
+            for volume in pod["spec"].get("volumes") or []:
+                problem = self._materialise_volume(pod, run, volume)
+                if problem:
+                    break
+            if problem is None:
+                return True
+            self.events.record(pod, "Warning", "FailedMount", problem)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.stop.wait(), delay)
+            delay = min(delay * 2, 10)
+        return False
+
+    def _materialise_volume(self, pod: Obj, run: PodRun, volume: Obj) -> str | None:
+        name = volume["name"]
+        target = run.directory / "volumes" / name
+        namespace = run.namespace
+        prefix = f'MountVolume.SetUp failed for volume "{name}" : '
+
+        def files_from(kind: str, source: Obj, mode_default: int) -> dict[str, tuple[bytes, int]]:
+            resource = "secrets" if kind == "secret" else "configmaps"
+            obj_name = source.get("secretName") if kind == "secret" else source.get("name")
+            obj = self.store.find(resource, namespace, obj_name or "")
+            if obj is None:
+                if source.get("optional"):
+                    return {}
+                raise LookupError(f'{kind} "{obj_name}" not found')
+            data: dict[str, bytes] = {}
+            if kind == "secret":
+                for key, value in (obj.get("data") or {}).items():
+                    data[key] = base64.b64decode(value)
+                for key, value in (obj.get("stringData") or {}).items():
+                    data[key] = value.encode()
+            else:
+                for key, value in (obj.get("data") or {}).items():
+                    data[key] = value.encode()
+                for key, value in (obj.get("binaryData") or {}).items():
+                    data[key] = base64.b64decode(value)
+            mode = int(source.get("defaultMode", mode_default))
+            items = source.get("items")
+            if not items:
+                return {k: (v, mode) for k, v in data.items()}
+            result = {}
+            for item in items:
+                if item["key"] not in data:
+                    if source.get("optional"):
+                        continue
+                    raise LookupError(f'references non-existent {kind} key: {item["key"]}')
+                result[item.get("path", item["key"])] = (data[item["key"]],
+                                                         int(item.get("mode", mode)))
+            return result
+
+        try:
+            files: dict[str, tuple[bytes, int]] | None = None
+            if "emptyDir" in volume:
+                target.mkdir(parents=True, exist_ok=True)
+                target.chmod(0o777)
+                return None
+            if "secret" in volume:
+                files = files_from("secret", volume["secret"], 0o644)
+            elif "configMap" in volume:
+                files = files_from("configMap", volume["configMap"], 0o644)
+            elif "downwardAPI" in volume:
+                files = {i["path"]: (self._field_ref(pod, i.get("fieldRef") or {}).encode(),
+                                     int(i.get("mode", volume["downwardAPI"].get(
+                                         "defaultMode", 0o644))))
+                         for i in volume["downwardAPI"].get("items") or []}
+            elif "projected" in volume:
+                files = {}
+                mode = int(volume["projected"].get("defaultMode", 0o644))
+                for source in volume["projected"].get("sources") or []:
+                    if "secret" in source:
+                        files.update(files_from("secret", {**source["secret"],
+                                                           "secretName": source["secret"].get("name"),
+                                                           "defaultMode": mode}, mode))
+                    elif "configMap" in source:
+                        files.update(files_from("configMap", {**source["configMap"],
+                                                              "defaultMode": mode}, mode))
+                    elif "downwardAPI" in source:
+                        for item in source["downwardAPI"].get("items") or []:
+                            files[item["path"]] = (self._field_ref(
+                                pod, item.get("fieldRef") or {}).encode(), mode)
+                    elif "serviceAccountToken" in source:
+                        token = "emulated." + base64.urlsafe_b64encode(
+                            f"{namespace}:{pod['spec'].get('serviceAccountName')}".encode()
+                        ).decode().rstrip("=")
+                        files[source["serviceAccountToken"].get("path", "token")] = (
+                            token.encode(), mode)
+            else:
+                kinds = ", ".join(k for k in volume if k != "name")
+                return prefix + f"volume type {kinds} is not supported by the emulated cluster"
+        except LookupError as error:
+            return prefix + str(error)
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        for path, (data, mode) in files.items():
+            file_path = target / path
+            file_path.parent.mkdir(parents=True, exist_ok=True)
+            file_path.write_bytes(data)
+            file_path.chmod(mode)
+        return None
+
+    def _field_ref(self, pod: Obj, ref: Obj) -> str:
+        path = ref.get("fieldPath", "")
+        meta = pod["metadata"]
+        simple = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
+                  "metadata.uid": meta["uid"], "spec.nodeName": pod["spec"].get("nodeName", ""),
+                  "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
+                  "status.hostIP": "127.0.0.1", "status.podIP": pod["status"].get("podIP", "")}
+        if path in simple:
+            return str(simple[path])
+        match = re.match(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
+        if match:
+            return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
+        if path in ("metadata.labels", "metadata.annotations"):
+            values = meta.get(path.split(".")[1]) or {}
+            return "\n".join(f'{k}="{v}"' for k, v in sorted(values.items()))
+        return ""
+
+    def _resolve_env(self, pod: Obj, container: ContainerRun) -> dict[str, str]:
+        """The container's environment, or LookupError with the kubelet's message."""
+        assert container.profile is not None
+        env = dict(container.profile.env)
+        env["HOSTNAME"] = pod["metadata"]["name"]
+        env["KUBERNETES_SERVICE_HOST"] = "127.0.0.1"
+        env["KUBERNETES_SERVICE_PORT"] = str(self.api_port)
+        env["KUBERNETES_PORT"] = f"tcp://127.0.0.1:{self.api_port}"
+        namespace = pod["metadata"]["namespace"]
+        for source in container.spec.get("envFrom") or []:
+            prefix = source.get("prefix", "")
+            for kind, resource in (("secretRef", "secrets"), ("configMapRef", "configmaps")):
+                if kind not in source:
+                    continue
+                ref = source[kind]
+                obj = self.store.find(resource, namespace, ref.get("name", ""))
+                if obj is None:
+                    if ref.get("optional"):
+                        continue
+                    raise LookupError(f'{resource[:-1] if resource == "secrets" else "configmap"} '
+                                      f'"{ref.get("name")}" not found')
+                for key, value in (obj.get("data") or {}).items():
+                    env[prefix + key] = (base64.b64decode(value).decode(errors="replace")
+                                         if resource == "secrets" else value)
+        for item in container.spec.get("env") or []:
+            name = item["name"]
+            if "value" in item or "valueFrom" not in item:
+                env[name] = expand(str(item.get("value", "")), env)
+                continue
+            source = item["valueFrom"]
+            if "fieldRef" in source:
+                env[name] = self._field_ref(pod, source["fieldRef"])
+            elif "resourceFieldRef" in source:
+                ref = source["resourceFieldRef"]
+                resources = container.spec.get("resources") or {}
+                kind, _, rname = ref.get("resource", "").partition(".")
+                value = (resources.get(kind) or {}).get(rname)
+                divisor = parse_quantity(ref.get("divisor", "1"))
+                if value is None:
+                    value = self.settings.cpu if rname == "cpu" else self.settings.memory
+                env[name] = str(int(-(-parse_quantity(value) // divisor)))
+            else:
+                for kind, resource, label in (("secretKeyRef", "secrets", "secret"),
+                                              ("configMapKeyRef", "configmaps", "configmap")):
+                    if kind not in source:
+                        continue
+                    ref = source[kind]
+                    obj = self.store.find(resource, namespace, ref.get("name", ""))
+                    data = (obj or {}).get("data") or {}
+                    if obj is None or ref.get("key") not in data:
+                        if ref.get("optional"):
+                            break
+                        if obj is None:
+                            raise LookupError(f'{label} "{ref.get("name")}" not found')
+                        raise LookupError(f"couldn't find key {ref.get('key')} in {label.title() if label == 'secret' else 'ConfigMap'} "
+                                          f"{namespace}/{ref.get('name')}")
+                    raw = data[ref["key"]]
+                    env[name] = (base64.b64decode(raw).decode(errors="replace")
+                                 if resource == "secrets" else raw)
+        return env
+
+    def _container_spec(self, pod: Obj, run: PodRun, c: ContainerRun) -> None:
+        assert c.profile is not None
+        base = run.directory / "containers" / c.name
+        if base.exists():
+            shutil.rmtree(base)
+        c.rootfs = base / "rootfs"
+        images.build_rootfs(c.profile, c.rootfs)
+        (c.rootfs / "etc" / "hostname").write_text(pod["metadata"]["name"] + "\n")
+        (c.rootfs / "etc" / "hosts").write_text(
+            f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"{pod['status'].get('podIP', '127.0.0.1')}\t{pod['metadata']['name']}\n")
+        resolv = Path("/etc/resolv.conf")
+        (c.rootfs / "etc" / "resolv.conf").write_text(
+            resolv.read_text() if resolv.is_file() else "")
+        mounts: list[sandbox.Mount] = [sandbox.Mount(s, d, ro)
+                                       for s, d, ro in images.userland_binds(c.profile, c.rootfs)]
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        for mount in c.spec.get("volumeMounts") or []:
+            source = run.directory / "volumes" / mount["name"]
+            volume = volumes.get(mount["name"], {})
+            read_only = bool(mount.get("readOnly")) or any(
+                k in volume for k in ("secret", "configMap", "projected", "downwardAPI"))
+            if mount.get("subPath"):
+                source = source / mount["subPath"]
+                if not source.exists() and "emptyDir" in volume:
+                    source.mkdir(parents=True)
+                    source.chmod(0o777)
+            mounts.append(sandbox.Mount(str(source), mount["mountPath"], read_only))
+        c.termination_log = base / "termination-log"
+        c.termination_log.write_bytes(b"")
+        c.log_path = base / "container.log"
+        c.log_path.touch()
+        security = c.spec.get("securityContext") or {}
+        caps = set(sandbox.DEFAULT_CAPABILITIES)
+        if security.get("privileged"):
+            log.warning("privileged container %s runs with the default capabilities only", c.name)
+        declared = security.get("capabilities") or {}
+        drops = {("CAP_" + d.upper()).replace("CAP_CAP_", "CAP_") for d in declared.get("drop") or []}
+        if "CAP_ALL" in drops:
+            caps = set()
+        caps -= drops
+        caps |= {("CAP_" + a.upper()).replace("CAP_CAP_", "CAP_") for a in declared.get("add") or []
+                 if ("CAP_" + a.upper()).replace("CAP_CAP_", "CAP_") in sandbox.DEFAULT_CAPABILITIES}
+        limits = (c.spec.get("resources") or {}).get("limits") or {}
+        cgroup = None
+        if "memory" in limits:
+            with contextlib.suppress(SelectorError):
+                cgroup = sandbox.memory_cgroup(f"{run.uid}-{c.name}",
+                                               int(parse_quantity(limits["memory"])))
+        c.sandbox = sandbox.SandboxSpec(c.rootfs, tuple(mounts), pod["metadata"]["name"][:63],
+                                        tuple(sorted(caps)), cgroup)
+        c.oom_baseline = sandbox.oom_kills(cgroup)
+        c.cwd = c.spec.get("workingDir") or c.profile.working_dir
+        if not any(c.cwd == m.destination or c.cwd.startswith(m.destination.rstrip("/") + "/")
+                   for m in mounts):
+            (c.rootfs / c.cwd.lstrip("/")).mkdir(parents=True, exist_ok=True)
+
+    async def _pull(self, run: PodRun, c: ContainerRun) -> bool:
+        """Pull the image, or loop through ErrImagePull and ImagePullBackOff like a kubelet."""
+        image = str(c.spec.get("image", ""))
+        field_path = f"spec.{'initContainers' if c.init else 'containers'}{{{c.name}}}"
+        backoff = self.settings.pull_backoff_seconds
+        while not run.terminating:
+            pod = self._pod(run)
+            if pod is None:
+                return False
+            self.events.record(pod, "Normal", "Pulling", f'Pulling image "{image}"',
+                               field_path=field_path)
+            started = time.monotonic()
+            await asyncio.sleep(self.settings.pull_seconds)
+            profile = images.resolve(image)
+            if profile is not None:
+                c.profile = profile
+                c.image_id = f"{image.split('@', maxsplit=1)[0]}@sha256:" + \
+                    pysecrets.token_hex(32) if "@" not in image else image
+                self.events.record(pod, "Normal", "Pulled",
+                                   f'Successfully pulled image "{image}" in '
+                                   f"{int((time.monotonic() - started) * 1000)}ms",
+                                   field_path=field_path)
+                return True
+            reference = image if ":" in image.rsplit("/", 1)[-1] or "@" in image \
+                else f"{image}:latest"
+            message = (f'failed to pull and unpack image "{reference}": failed to resolve '
+                       f'reference "{reference}": {reference}: not found')
+            full = f'Failed to pull image "{image}": rpc error: code = NotFound desc = {message}'
+            c.state = {"waiting": {"reason": "ErrImagePull", "message": full}}
+            self._publish(run)
+            self.events.record(pod, "Warning", "Failed", full, field_path=field_path)
+            self.events.record(pod, "Warning", "Failed", "Error: ErrImagePull",
+                               field_path=field_path)
+            await asyncio.sleep(min(0.2, backoff / 4))
+            if run.terminating:
+                return False
+            c.state = {"waiting": {"reason": "ImagePullBackOff",
+                                   "message": f'Back-off pulling image "{image}": ErrImagePull: '
+                                              f"{message}"}}
+            self._publish(run)
+            self.events.record(pod, "Normal", "BackOff", f'Back-off pulling image "{image}"',
+                               field_path=field_path)
+            self.events.record(pod, "Warning", "Failed", "Error: ImagePullBackOff",
+                               field_path=field_path)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.stop.wait(), backoff)
+            backoff = min(backoff * 2, self.settings.pull_backoff_seconds * 10)
+        return False
+
+    async def _run_container_to_end(self, run: PodRun, c: ContainerRun) -> int:
+        """Pull, configure, start and supervise one container until it ends for good."""
+        field_path = f"spec.{'initContainers' if c.init else 'containers'}{{{c.name}}}"
+        if not await self._pull(run, c):
+            return -1
+        restart_delay = 10.0
+        while not run.terminating:
+            pod = self._pod(run)
+            if pod is None:
+                return -1
+            assert c.profile is not None
+            try:
+                c.env = self._resolve_env(pod, c)
+                security = {**(pod["spec"].get("securityContext") or {}),
+                            **(c.spec.get("securityContext") or {})}
+                if security.get("runAsNonRoot") and c.profile.runs_as_root \
+                        and not security.get("runAsUser"):
+                    raise LookupError("container has runAsNonRoot and image will run as root "
+                                      f"(pod: \"{run.name}_{run.namespace}({run.uid})\", "
+                                      f"container: {c.name})")
+            except LookupError as error:
+                c.state = {"waiting": {"reason": "CreateContainerConfigError",
+                                       "message": str(error)}}
+                self._publish(run)
+                self.events.record(pod, "Warning", "Failed", f"Error: {error}",
+                                   field_path=field_path)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.stop.wait(), 1.0)
+                continue
+            self._container_spec(pod, run, c)
+            command = [expand(a, c.env) for a in c.spec.get("command") or c.profile.entrypoint]
+            args = [expand(a, c.env) for a in (c.spec.get("args") if c.spec.get("command")
+                                               or c.spec.get("args") else c.profile.cmd) or []]
+            if not c.spec.get("command") and c.spec.get("args"):
+                command = list(c.profile.entrypoint)
+            argv = command + args
+            assert c.sandbox is not None and c.log_path is not None
+            assert c.termination_log is not None
+            if not argv or resolve_in_sandbox(c.sandbox, argv[0], c.env.get("PATH", "")) is None:
+                what = argv[0] if argv else "no command specified"
+                message = (f"failed to create containerd task: failed to create shim task: OCI "
+                           f"runtime create failed: runc create failed: unable to start "
+                           f"container process: error during container init: exec: "
+                           f'"{what}": executable file not found in $PATH: unknown')
+                self.events.record(pod, "Warning", "Failed", f"Error: {message}",
+                                   field_path=field_path)
+                c.state = {"terminated": {"exitCode": 128, "reason": "StartError",
+                                          "message": message, "startedAt": "1970-01-01T00:00:00Z",
+                                          "finishedAt": now_rfc3339()}}
+                c.exited.set()
+                self._publish(run)
+                return 128
+            self.events.record(pod, "Normal", "Created", f"Created container: {c.name}",
+                               field_path=field_path)
+            c.exited.clear()
+            process, pid = await sandbox.start_container(c.sandbox, argv, c.env, c.cwd,
+                                                         c.termination_log)
+            c.process, c.pid = process, pid
+            c.container_id = "bwrap://" + pysecrets.token_hex(32)
+            started = now_rfc3339()
+            c.state = {"running": {"startedAt": started}}
+            c.ready = not c.init
+            c.log_writers = [self._spawn(self._copy_log(process.stdout, c.log_path, "stdout")),
+                             self._spawn(self._copy_log(process.stderr, c.log_path, "stderr"))]
+            self._publish(run)
+            self.events.record(pod, "Normal", "Started", f"Started container {c.name}",
+                               field_path=field_path)
+            monitor = self._spawn(self._watch_oom(c)) if c.sandbox.cgroup else None
+            code = await process.wait()
+            await asyncio.gather(*c.log_writers, return_exceptions=True)
+            if monitor:
+                monitor.cancel()
+            if code < 0:
+                code = 128 - code
+            oom = c.forced_reason == "OOMKilled" or \
+                sandbox.oom_kills(c.sandbox.cgroup) > c.oom_baseline
+            reason = "OOMKilled" if oom else ("Completed" if code == 0 else "Error")
+            if oom:
+                code = 137
+            c.forced_reason = None
+            terminated: Obj = {"exitCode": code, "reason": reason, "startedAt": started,
+                               "finishedAt": now_rfc3339(), "containerID": c.container_id}
+            message = c.termination_log.read_text(errors="replace")[:4096] \
+                if c.termination_log.exists() else ""
+            if message:
+                terminated["message"] = message
+            c.pid = 0
+            c.ready = False
+            c.state = {"terminated": terminated}
+            sandbox.remove_cgroup(c.sandbox.cgroup)
+            c.exited.set()
+            policy = pod["spec"].get("restartPolicy", "Always")
+            if c.init and code == 0:
+                self._publish(run)
+                return 0
+            restart = not run.terminating and not run.status_reason and (
+                policy == "Always" or (policy == "OnFailure" and code != 0))
+            if not restart:
+                self._publish(run)
+                return code
+            c.last_state = {"terminated": terminated}
+            c.restart_count += 1
+            c.state = {"waiting": {"reason": "CrashLoopBackOff",
+                                   "message": f"back-off {int(restart_delay)}s restarting failed "
+                                              f"container={c.name} pod={run.name}_{run.namespace}"
+                                              f"({run.uid})"}}
+            self._publish(run)
+            self.events.record(pod, "Warning", "BackOff", "Back-off restarting failed container "
+                               f"{c.name} in pod {run.name}_{run.namespace}({run.uid})",
+                               field_path=field_path)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.stop.wait(), restart_delay)
+            restart_delay = min(restart_delay * 2, 300)
+        return -1
+
+    async def _watch_oom(self, c: ContainerRun) -> None:
+        # cgroup v1 kills one process; a cgroup v2 node (Kubernetes >= 1.28) kills the
+        # whole container, which is what drivers must expect, so do the same.
+        assert c.sandbox is not None
+        while True:
+            await asyncio.sleep(0.1)
+            if sandbox.oom_kills(c.sandbox.cgroup) > c.oom_baseline:
+                c.forced_reason = "OOMKilled"
+                sandbox.signal_pid(c.pid, signal.SIGKILL)
+                return
+
+    async def _copy_log(self, stream: asyncio.StreamReader | None, path: Path,
+                        name: str) -> None:
+        """Write a container's output in the CRI log format the kubelet reads back."""
+        if stream is None:
+            return
+        with path.open("ab") as handle:
+            pending = b""
+            while True:
+                chunk = await stream.read(65536)
+                if not chunk:
+                    break
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+                for line in lines:
+                    handle.write(stamp + b" " + name.encode() + b" F " + line + b"\n")
+                if len(pending) > 16384:
+                    handle.write(stamp + b" " + name.encode() + b" P " + pending + b"\n")
+                    pending = b""
+                handle.flush()
+            if pending:
+                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+                handle.write(stamp + b" " + name.encode() + b" P " + pending + b"\n")
+
+    async def _terminate(self, run: PodRun, grace: float, remove: bool) -> None:
+        """Stop every container: SIGTERM, then SIGKILL once the grace period is over."""
+        run.terminating = True
+        run.grace_seconds = grace
+        run.stop.set()
+        pod = self._pod(run)
+        running = [c for c in run.containers.values() if c.pid > 0 and not c.exited.is_set()]
+        for c in running:
+            if pod is not None:
+                self.events.record(pod, "Normal", "Killing", f"Stopping container {c.name}",
+                                   field_path=f"spec.containers{{{c.name}}}")
+            sandbox.signal_pid(c.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for c in running:
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(c.exited.wait(), remaining)
+            except TimeoutError:
+                sandbox.signal_pid(c.pid, signal.SIGKILL)
+        if run.task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(run.finished.wait()), 5)
+        if remove:
+            await self._finish_removal(run)
+
+    async def _finish_removal(self, run: PodRun) -> None:
+        if run.task is not None and not run.task.done():
+            run.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run.task
+        for c in run.containers.values():
+            if c.pid > 0:
+                sandbox.signal_pid(c.pid, signal.SIGKILL)
+            if c.sandbox is not None:
+                sandbox.remove_cgroup(c.sandbox.cgroup)
+        self.runs.pop((run.namespace, run.name), None)
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: shutil.rmtree(run.directory, ignore_errors=True))
+        if self._pod(run) is not None:
+            with contextlib.suppress(ApiError):
+                self.store.remove("pods", run.namespace, run.name)
+
+    async def shutdown(self) -> None:
+        """Kill every sandbox and wait for the processes to go (server stop)."""
+        self._closing = True
+        for run in list(self.runs.values()):
+            run.terminating = True
+            run.stop.set()
+            for c in run.containers.values():
+                sandbox.signal_pid(c.pid, signal.SIGKILL)
+        for run in list(self.runs.values()):
+            for c in run.containers.values():
+                if c.process is not None and c.process.returncode is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(c.process.wait(), 5)
+                if c.sandbox is not None:
+                    sandbox.remove_cgroup(c.sandbox.cgroup)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def resolve_in_sandbox(spec: sandbox.SandboxSpec, command: str, path_env: str) -> Path | None:
+    """Find the host file a command names inside a sandbox (PATH lookup, symlinks, mounts).
+
+    This lets the emulator refuse a missing executable the way a container runtime
+    does, before starting anything.
+    """
+    candidates = [command] if "/" in command else \
+        [f"{d.rstrip('/')}/{command}" for d in path_env.split(":") if d]
+    for candidate in candidates:
+        host = _host_path(spec, candidate)
+        if host is not None and host.is_file() and os.access(host, os.X_OK):
+            return host
+    return None
+
+
+def _host_path(spec: sandbox.SandboxSpec, path: str, depth: int = 0) -> Path | None:
+    if depth > 40:
+        return None
+    parts = [p for p in path.split("/") if p and p != "."]
+    current = "/"
+    for index, part in enumerate(parts):
+        current = "/" + "/".join(filter(None, [*current.strip("/").split("/"), part]))
+        host = _map(spec, current)
+        if host.is_symlink():
+            target = os.readlink(host)
+            parent = current.rsplit("/", 1)[0] or "/"
+            joined = target if target.startswith("/") else f"{parent}/{target}"
+            rest = "/".join(parts[index + 1:])
+            return _host_path(spec, os.path.normpath(f"{joined}/{rest}" if rest else joined),
+                              depth + 1)
+    return _map(spec, current)
+
+
+def _map(spec: sandbox.SandboxSpec, path: str) -> Path:
+    best: sandbox.Mount | None = None
+    for mount in spec.mounts:
+        dest = mount.destination.rstrip("/") or "/"
+        if (path == dest or path.startswith(dest + "/")) and (
+                best is None or len(dest) > len(best.destination.rstrip("/"))):
+            best = mount
+    if best is None:
+        return spec.rootfs / path.lstrip("/")
+    rest = path[len(best.destination.rstrip("/")):].lstrip("/")
+    return Path(best.source) / rest if rest else Path(best.source)
+

@@ -1,0 +1,210 @@
+"""Real container processes: bubblewrap sandboxes with their own root, pid and uts namespaces.
+
+A container is a host directory (its writable root filesystem) plus bind mounts for
+its volumes, run by `bwrap` with the command as PID 1 of a new pid namespace, so a
+shell that does not trap SIGTERM ignores it exactly as in a real container. An exec
+is a second `bwrap` over the same directories that joins the container's pid
+namespace, so `ps` and `kill` inside see the container's processes. Memory limits
+are enforced with a cgroup (v1 memory controller) when the host lets us create one.
+
+This module must not know about pods or the API; the kubelet decides what to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from .images import MissingToolError, busybox_path
+
+# The capabilities container runtimes (containerd, CRI-O) grant by default.
+DEFAULT_CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+)
+MEMORY_CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One bind mount from a host path into the sandbox."""
+
+    source: str
+    destination: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything that makes up one container's view of the world."""
+
+    rootfs: Path
+    mounts: tuple[Mount, ...]
+    hostname: str
+    capabilities: tuple[str, ...]
+    cgroup: Path | None
+
+
+@cache
+def bwrap_path() -> str:
+    """Find bubblewrap and prove it can create a sandbox here.
+
+    Raises:
+        MissingToolError: bwrap is missing or cannot create namespaces.
+    """
+    path = shutil.which("bwrap")
+    if path is None:
+        raise MissingToolError("starting the emulated cluster: bubblewrap (bwrap) not found; "
+                               "install it with: apt-get install bubblewrap")
+    busybox_path()
+    probe = subprocess.run([path, "--unshare-pid", "--unshare-uts", "--ro-bind", "/", "/",
+                            "--proc", "/proc", "--dev", "/dev", "true"],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        raise MissingToolError("starting the emulated cluster: bubblewrap cannot create a "
+                               f"sandbox here: {probe.stderr.strip()}")
+    return path
+
+
+def memory_cgroup(name: str, limit_bytes: int) -> Path | None:
+    """Create a memory cgroup with a hard limit, or return None where the host forbids it."""
+    root = MEMORY_CGROUP_ROOT / "runner-driver-emulator"
+    try:
+        root.mkdir(exist_ok=True)
+        group = root / name
+        group.mkdir(exist_ok=True)
+        (group / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        with contextlib.suppress(OSError):
+            (group / "memory.memsw.limit_in_bytes").write_text(str(limit_bytes))
+    except OSError:
+        return None
+    return group
+
+
+def oom_kills(group: Path | None) -> int:
+    """How many processes the kernel OOM-killed in a cgroup so far."""
+    if group is None:
+        return 0
+    try:
+        for line in (group / "memory.oom_control").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def remove_cgroup(group: Path | None) -> None:
+    """Remove a cgroup once its processes are gone (best effort, bounded)."""
+    if group is None:
+        return
+    for _ in range(50):
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            with contextlib.suppress(OSError):
+                for pid in (group / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+            import time
+
+            time.sleep(0.02)
+
+
+def _common_args(spec: SandboxSpec, env: dict[str, str], cwd: str) -> list[str]:
+    args = ["--unshare-uts", "--hostname", spec.hostname, "--bind", str(spec.rootfs), "/"]
+    for mount in spec.mounts:
+        args += ["--ro-bind" if mount.read_only else "--bind", mount.source, mount.destination]
+    args += ["--proc", "/proc", "--dev", "/dev", "--clearenv"]
+    for key, value in env.items():
+        args += ["--setenv", key, value]
+    args += ["--chdir", cwd or "/", "--cap-drop", "ALL"]
+    for cap in spec.capabilities:
+        args += ["--cap-add", cap]
+    return args
+
+
+def _in_cgroup(spec: SandboxSpec, argv: list[str]) -> list[str]:
+    if spec.cgroup is None:
+        return argv
+    # The process joins the cgroup before it execs bwrap, so nothing escapes the limit.
+    return [str(busybox_path()), "sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"',
+            str(spec.cgroup), *argv]
+
+
+async def start_container(spec: SandboxSpec, argv: list[str], env: dict[str, str], cwd: str,
+                          termination_log: Path) -> tuple[asyncio.subprocess.Process, int]:
+    """Start a container's main process as PID 1 of a new pid namespace.
+
+    Returns the bwrap process (its exit status is the container's) and the host pid
+    of the container's PID 1, through which execs join the namespace.
+    """
+    info_read, info_write = os.pipe()
+    cmd = _in_cgroup(spec, [
+        bwrap_path(), "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--die-with-parent",
+        *_common_args(spec, env, cwd),
+        "--bind", str(termination_log), "/dev/termination-log",
+        "--info-fd", str(info_write), "--", *argv])
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(info_write,), start_new_session=True)
+    finally:
+        os.close(info_write)
+    loop = asyncio.get_running_loop()
+    try:
+        raw = await loop.run_in_executor(None, _read_all, info_read)
+    finally:
+        os.close(info_read)
+    try:
+        child_pid = int(json.loads(raw)["child-pid"]) if raw.strip() else 0
+    except (ValueError, KeyError):
+        child_pid = 0
+    return process, child_pid
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def start_exec(spec: SandboxSpec, container_pid: int, argv: list[str],
+                     env: dict[str, str], cwd: str,
+                     with_stdin: bool) -> asyncio.subprocess.Process:
+    """Run a command inside a running container (its files and its pid namespace).
+
+    Raises:
+        ProcessLookupError: the container's PID 1 is gone.
+    """
+    ns_fd = os.open(f"/proc/{container_pid}/ns/pid", os.O_RDONLY)
+    try:
+        cmd = _in_cgroup(spec, [
+            bwrap_path(), "--pidns", str(ns_fd), "--die-with-parent",
+            *_common_args(spec, env, cwd), "--", *argv])
+        return await asyncio.create_subprocess_exec(
+            *cmd, stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(ns_fd,),
+            start_new_session=True)
+    finally:
+        os.close(ns_fd)
+
+
+def signal_pid(pid: int, signum: int) -> None:
+    """Send a signal to a host pid, ignoring processes that are already gone."""
+    if pid > 0:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)

