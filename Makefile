@@ -11,8 +11,8 @@ setup: system-deps $(VENV)/.installed
 system-deps:
 	@missing=""; \
 	command -v bwrap >/dev/null 2>&1 || missing="$$missing bubblewrap"; \
-	[ -x /usr/bin/busybox ] && /usr/bin/busybox --list 2>/dev/null | grep -qx nsenter \
-		&& ! (command -v file >/dev/null && file -L /usr/bin/busybox | grep -q dynamic) \
+	bb=$$(command -v busybox || true); \
+	{ [ -n "$$bb" ] && ldd "$$bb" 2>&1 | grep -q 'not a dynamic'; } \
 		|| missing="$$missing busybox-static"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \

@@ -136,7 +136,8 @@ def kubectl_bin() -> str:
 
 
 @pytest.fixture(scope="module")
-def kubectl(kubeconfig: Path, request: pytest.FixtureRequest) -> Callable[..., subprocess.CompletedProcess[bytes]]:
+def kubectl(kubeconfig: Path,
+            request: pytest.FixtureRequest) -> Callable[..., subprocess.CompletedProcess[bytes]]:
     """Run the real kubectl against the module's cluster."""
     binary = request.getfixturevalue("kubectl_bin")
 

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 STANDINS = Path(__file__).parent / "standins"
 
@@ -32,20 +33,21 @@ class MissingToolError(RuntimeError):
 def busybox_path() -> Path:
     """The host's static busybox (Debian's busybox-static), copied into busybox-based images.
 
+    A dynamically linked busybox would not run inside images that have no libc.
+
     Raises:
-        MissingToolError: busybox is absent or not statically linked.
+        MissingToolError: busybox is absent from PATH or not statically linked.
     """
-    for candidate in ("/usr/bin/busybox", "/bin/busybox", shutil.which("busybox") or ""):
-        if candidate and Path(candidate).is_file():
-            out = subprocess.run(["file", "-L", candidate], capture_output=True, text=True,
-                                 check=False).stdout if shutil.which("file") else "static"
-            if "dynamically linked" in out:
-                raise MissingToolError(
-                    f"starting the emulated cluster: {candidate} is dynamically linked; "
-                    "install the static build with: apt-get install busybox-static")
-            return Path(candidate)
-    raise MissingToolError("starting the emulated cluster: busybox not found; "
-                           "install it with: apt-get install busybox-static")
+    found = shutil.which("busybox")
+    if found is None:
+        raise MissingToolError("starting the emulated cluster: busybox not found on PATH; "
+                               "install it with: apt-get install busybox-static")
+    path = Path(found).resolve()
+    if _elf_interpreter(path) is not None:
+        raise MissingToolError(f"starting the emulated cluster: {found} is dynamically linked "
+                               "and cannot run inside busybox-only images; install the static "
+                               "build with: apt-get install busybox-static")
+    return path
 
 
 @cache
@@ -176,12 +178,27 @@ class PythonRuntime:
                 f"EMU_PYHOME='/kaniko/.emulator/python'\n")
 
 
-def _elf_interpreter(binary: Path) -> Path:
-    data = binary.read_bytes()[:65536]
-    marker = data.find(b"/ld-")
-    start = data.rfind(b"\0", 0, marker) + 1
-    end = data.find(b"\0", marker)
-    return Path(data[start:end].decode())
+def _elf_interpreter(binary: Path) -> Path | None:
+    """The dynamic loader an ELF executable asks for (its PT_INTERP), or None if static."""
+    with binary.open("rb") as handle:
+        header = handle.read(64)
+        if header[:4] != b"\x7fELF" or header[4] != 2:  # only 64-bit ELF is supported
+            return None
+        little = header[5] == 1
+        order: Literal["little", "big"] = "little" if little else "big"
+        phoff = int.from_bytes(header[32:40], order)
+        phentsize = int.from_bytes(header[54:56], order)
+        phnum = int.from_bytes(header[56:58], order)
+        handle.seek(phoff)
+        table = handle.read(phentsize * phnum)
+        for index in range(phnum):
+            entry = table[index * phentsize:(index + 1) * phentsize]
+            if int.from_bytes(entry[0:4], order) == 3:  # PT_INTERP
+                offset = int.from_bytes(entry[8:16], order)
+                size = int.from_bytes(entry[32:40], order)
+                handle.seek(offset)
+                return Path(handle.read(size).rstrip(b"\0").decode())
+    return None
 
 
 @cache
@@ -204,7 +221,11 @@ def python_runtime() -> PythonRuntime:
             directory = Path(match.group(1)).resolve().parent
             if directory not in dirs:
                 dirs.append(directory)
-    return PythonRuntime(prefix, _elf_interpreter(executable).resolve(), tuple(dirs), executable)
+    loader = _elf_interpreter(executable)
+    if loader is None:
+        raise MissingToolError(f"starting the emulated cluster: cannot find the dynamic loader "
+                               f"of {executable}")
+    return PythonRuntime(prefix, loader.resolve(), tuple(dirs), executable)
 
 
 def build_rootfs(profile: ImageProfile, rootfs: Path) -> None:

@@ -56,6 +56,11 @@ class NodeSettings:
     not_ready_eviction_seconds: float = 300.0
 
 
+def _uuid() -> str:
+    raw = pysecrets.token_hex(16)
+    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+
+
 def _arch() -> str:
     machine = os.uname().machine
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
@@ -124,10 +129,10 @@ class EventRecorder:
             return
         stamp = now_rfc3339()
         for existing in self._store.items("events", namespace):
-            involved = existing["involvedObject"]
-            if (involved.get("uid") == meta.get("uid") and existing["reason"] == reason
+            about = existing["involvedObject"]
+            if (about.get("uid") == meta.get("uid") and existing["reason"] == reason
                     and existing["message"] == message
-                    and involved.get("fieldPath") == field_path):
+                    and about.get("fieldPath") == field_path):
                 existing["count"] = existing.get("count", 1) + 1
                 existing["lastTimestamp"] = stamp
                 self._store.touch("events", existing)
@@ -208,10 +213,18 @@ class Kubelet:
                              "kubeletVersion": self.settings.kubernetes_version,
                              "containerRuntimeVersion": "bubblewrap://emulated",
                              "kernelVersion": os.uname().release,
-                             "osImage": "runner-driver emulated node"},
+                             "osImage": "runner-driver emulated node",
+                             # Required (non-omitempty) fields; typed clients reject a node
+                             # without them. kube-proxy's version is "" since v1.31.
+                             "machineID": pysecrets.token_hex(16),
+                             "systemUUID": _uuid(), "bootID": _uuid(),
+                             "kubeProxyVersion": ""},
             }})
         for namespace in ("default", "kube-system", "kube-public"):
-            self.store.create("namespaces", "", {"metadata": {"name": namespace}})
+            self.store.create("namespaces", "", {
+                "metadata": {"name": namespace,
+                             "labels": {"kubernetes.io/metadata.name": namespace}},
+                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
         self._spawn(self._periodic())
 
     def _node_conditions(self, ready: bool) -> list[Obj]:
@@ -224,15 +237,17 @@ class Kubelet:
                                        "kubelet has no disk pressure"),
                                       ("PIDPressure", "SufficientPID",
                                        "kubelet has sufficient PID available"))]
-        conditions.append({"type": "Ready", "status": "True" if ready else "Unknown",
-                           "reason": "KubeletReady" if ready else "NodeStatusUnknown",
+        # Ready=False is what the node lifecycle controller maps to the not-ready taint
+        # (Unknown would mean the unreachable taint).
+        conditions.append({"type": "Ready", "status": "True" if ready else "False",
+                           "reason": "KubeletReady" if ready else "KubeletNotReady",
                            "message": "kubelet is posting ready status" if ready
-                           else "Kubelet stopped posting node status.",
+                           else "container runtime is down",
                            "lastHeartbeatTime": stamp, "lastTransitionTime": stamp})
         return conditions
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -980,7 +995,9 @@ class Kubelet:
         field_path = f"spec.{'initContainers' if c.init else 'containers'}{{{c.name}}}"
         if not await self._pull(run, c):
             return -1
-        restart_delay = 10.0
+        # The kubelet restarts a container at once after its first exit, and only backs
+        # off (10s, doubling up to 5 minutes) when it exits again.
+        restart_delay = 0.0
         while not run.terminating:
             pod = self._pod(run)
             if pod is None:
@@ -1077,6 +1094,9 @@ class Kubelet:
                 return code
             c.last_state = {"terminated": terminated}
             c.restart_count += 1
+            if restart_delay <= 0:
+                restart_delay = 10.0
+                continue
             c.state = {"waiting": {"reason": "CrashLoopBackOff",
                                    "message": f"back-off {int(restart_delay)}s restarting failed "
                                               f"container={c.name} pod={run.name}_{run.namespace}"

@@ -60,25 +60,50 @@ def _age(timestamp: str | None) -> str:
     return f"{seconds // 3600}h"
 
 
+def _terminated_text(terminated: Obj) -> str:
+    if terminated.get("reason"):
+        return str(terminated["reason"])
+    if terminated.get("signal"):
+        return f"Signal:{terminated['signal']}"
+    return f"ExitCode:{terminated.get('exitCode', 0)}"
+
+
 def _pod_status_text(pod: Obj) -> str:
+    """The STATUS column as kubectl's pod printer computes it (printers.go printPod)."""
     status = pod.get("status", {})
-    if pod["metadata"].get("deletionTimestamp"):
-        return "Terminating"
-    reason = status.get("reason") or status.get("phase", "Pending")
-    for c in status.get("initContainerStatuses") or []:
+    phase = status.get("phase", "Pending")
+    reason = status.get("reason") or phase
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    init_statuses = status.get("initContainerStatuses") or []
+    initializing = False
+    for index, c in enumerate(init_statuses):
         state = c.get("state", {})
-        if "terminated" in state and state["terminated"].get("exitCode") != 0:
-            return f"Init:{state['terminated'].get('reason', 'Error')}"
-        if "waiting" in state and state["waiting"].get("reason") not in (None, "PodInitializing"):
-            return f"Init:{state['waiting']['reason']}"
-        if "running" in state:
-            return "Init:0/1"
-    for c in status.get("containerStatuses") or []:
-        state = c.get("state", {})
-        if "waiting" in state and state["waiting"].get("reason"):
-            reason = state["waiting"]["reason"]
-        elif "terminated" in state and reason in ("Running", "Pending"):
-            reason = state["terminated"].get("reason", "Completed")
+        if "terminated" in state and state["terminated"].get("exitCode") == 0:
+            continue
+        if "terminated" in state:
+            reason = "Init:" + _terminated_text(state["terminated"])
+        elif "waiting" in state and state["waiting"].get("reason") not in (None, "",
+                                                                           "PodInitializing"):
+            reason = f"Init:{state['waiting']['reason']}"
+        else:
+            reason = f"Init:{index}/{len(pod['spec'].get('initContainers') or init_statuses)}"
+        initializing = True
+        break
+    if not initializing or conditions.get("Initialized") == "True":
+        has_running = False
+        # kubectl walks the statuses backwards, so the first container's state wins.
+        for c in reversed(status.get("containerStatuses") or []):
+            state = c.get("state", {})
+            if "waiting" in state and state["waiting"].get("reason"):
+                reason = state["waiting"]["reason"]
+            elif "terminated" in state:
+                reason = _terminated_text(state["terminated"])
+            elif c.get("ready") and "running" in state:
+                has_running = True
+        if reason == "Completed" and has_running:
+            reason = "Running" if conditions.get("Ready") == "True" else "NotReady"
+    if pod["metadata"].get("deletionTimestamp") and phase not in ("Succeeded", "Failed"):
+        reason = "Unknown" if status.get("reason") == "NodeLost" else "Terminating"
     return str(reason)
 
 
@@ -108,11 +133,11 @@ def _table(resource: str, objects: list[Obj], include: str, rv: int) -> Obj:
         columns = [column("Name", fmt="name"), column("Status"), column("Roles"), column("Age"),
                    column("Version")]
         for node in objects:
-            ready = next((c["status"] for c in node["status"].get("conditions", [])
-                          if c["type"] == "Ready"), "Unknown")
+            node_ready = next((c["status"] for c in node["status"].get("conditions", [])
+                               if c["type"] == "Ready"), "Unknown")
             roles = ",".join(k.split("/", 1)[1] for k in node["metadata"].get("labels", {})
                              if k.startswith("node-role.kubernetes.io/")) or "<none>"
-            cells = [node["metadata"]["name"], "Ready" if ready == "True" else "NotReady",
+            cells = [node["metadata"]["name"], "Ready" if node_ready == "True" else "NotReady",
                      roles, _age(node["metadata"].get("creationTimestamp")),
                      node["status"].get("nodeInfo", {}).get("kubeletVersion", "")]
             rows.append((cells, node))
@@ -361,7 +386,7 @@ class ApiServer:
             predicate = self._predicate(request, resource)
             if request.query.get("watch") in ("true", "1"):
                 return await self._watch(request, resource, namespace or None, predicate)
-            items, rv = self.store.list(resource, namespace or None, predicate)
+            items, rv = self.store.select(resource, namespace or None, predicate)
             if _wants_table(request):
                 return web.json_response(_table(resource, items,
                                                 request.query.get("includeObject", "Metadata"),
@@ -379,7 +404,7 @@ class ApiServer:
             return web.json_response(created, status=201)
         if request.method == "DELETE":
             predicate = self._predicate(request, resource)
-            items, rv = self.store.list(resource, namespace or None, predicate)
+            items, rv = self.store.select(resource, namespace or None, predicate)
             for item in items:
                 with contextlib.suppress(ApiError):
                     self._delete(resource, item["metadata"].get("namespace", ""),
@@ -559,8 +584,8 @@ class ApiServer:
             self._streams.discard(response)
             return response
         try:
-            for event in initial:
-                await send(event.type, event.obj)
+            for past in initial:
+                await send(past.type, past.obj)
             if initial_end:
                 await send("BOOKMARK", {"kind": kind, "apiVersion": "v1", "metadata": {
                     "resourceVersion": str(self.store.resource_version),

@@ -218,7 +218,7 @@ class Store:
             if namespace is None or ns == namespace:
                 yield obj
 
-    def list(self, resource: str, namespace: str | None,
+    def select(self, resource: str, namespace: str | None,
              predicate: Callable[[Obj], bool]) -> tuple[list[Obj], int]:
         """Return copies of matching objects sorted by namespace and name, and the list RV."""
         found = [copy.deepcopy(o) for o in self.items(resource, namespace) if predicate(o)]
@@ -328,7 +328,7 @@ class Store:
         if since_rv is None:
             initial = [WatchEvent(int(o["metadata"]["resourceVersion"]), "ADDED", resource,
                                   o["metadata"].get("namespace", ""), o)
-                       for o in self.list(resource, namespace, predicate)[0]]
+                       for o in self.select(resource, namespace, predicate)[0]]
         else:
             if since_rv < self._compacted_rv:
                 raise ApiError(410, "Expired",

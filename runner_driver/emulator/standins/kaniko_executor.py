@@ -80,6 +80,8 @@ def in_container() -> bool:
 
 def registry_of(reference: str) -> str:
     first = reference.split("/", 1)[0]
+    if first in ("docker.io", "registry-1.docker.io", "index.docker.io"):
+        return "index.docker.io"
     if "/" in reference and ("." in first or ":" in first or first == "localhost"):
         return first
     return "index.docker.io"
