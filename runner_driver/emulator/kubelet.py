@@ -411,7 +411,9 @@ class Kubelet:
                 run.grace_seconds = grace
                 run.stop.set()
             return copy.deepcopy(pod)
-        pod["metadata"]["deletionTimestamp"] = now_rfc3339()
+        # The API server stamps the time the grace period runs out, not the request time.
+        pod["metadata"]["deletionTimestamp"] = datetime.fromtimestamp(
+            time.time() + grace, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         pod["metadata"]["deletionGracePeriodSeconds"] = grace
         self.store.touch("pods", pod)
         self._spawn(self._terminate(run, float(grace), remove=True))
@@ -479,12 +481,21 @@ class Kubelet:
                 self.events.record(pod, "Warning", "NodeNotReady", "Node is not ready",
                                    component="node-controller")
                 self._spawn(self._evict_after_not_ready(run))
+        else:
+            # The kubelet reports its pods' readiness again once the node is back.
+            for run in list(self.runs.values()):
+                self._publish(run)
         self._request_scheduling()
 
     async def _evict_after_not_ready(self, run: PodRun) -> None:
         await asyncio.sleep(self.settings.not_ready_eviction_seconds)
         pod = self.store.find("pods", run.namespace, run.name)
         if self.node_ready or pod is None or pod["metadata"].get("deletionTimestamp"):
+            return
+        # A toleration of the NoExecute taint without tolerationSeconds keeps the pod.
+        taint = {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}
+        if any(t.get("tolerationSeconds") is None and scheduler.tolerates([t], taint)
+               for t in pod["spec"].get("tolerations") or []):
             return
         pod["status"].setdefault("conditions", []).append({
             "type": "DisruptionTarget", "status": "True", "lastProbeTime": None,
@@ -575,6 +586,10 @@ class Kubelet:
             run.containers[c["name"]] = ContainerRun(c["name"], c, init=True)
         for c in pod["spec"]["containers"]:
             run.containers[c["name"]] = ContainerRun(c["name"], c, init=False)
+        if pod["spec"].get("initContainers"):
+            # The kubelet's default waiting reason for every container of such a pod.
+            for container in run.containers.values():
+                container.state = {"waiting": {"reason": "PodInitializing"}}
         self.runs[(run.namespace, run.name)] = run
         run.task = self._spawn(self._run_pod(run))
 
@@ -615,20 +630,29 @@ class Kubelet:
                 status["podIP"] = f"10.244.0.{octet}"
                 status["podIPs"] = [{"ip": status["podIP"]}]
         policy = pod["spec"].get("restartPolicy", "Always")
-        terminated = [c for c in mains if "terminated" in c.state]
+        # As the kubelet's getPhase: a container waiting to restart counts as stopped, so
+        # a crash-looping pod is Running, not Pending.
+        running = stopped = succeeded = waiting = 0
+        for c in mains:
+            if "running" in c.state:
+                running += 1
+            elif "terminated" in c.state:
+                stopped += 1
+                succeeded += c.state["terminated"]["exitCode"] == 0
+            elif "terminated" in c.last_state:
+                stopped += 1
+            else:
+                waiting += 1
         init_failed = any("terminated" in c.state and c.state["terminated"]["exitCode"] != 0
                           for c in inits) and policy == "Never"
         if run.status_reason in ("DeadlineExceeded",) or init_failed:
             phase = "Failed"
-        elif mains and len(terminated) == len(mains) and policy != "Always" and all(
-                c.state["terminated"]["exitCode"] == 0 or policy == "Never" for c in mains):
-            phase = "Succeeded" if all(c.state["terminated"]["exitCode"] == 0
-                                       for c in mains) else "Failed"
-        elif (all("waiting" not in c.state or c.restart_count > 0 for c in mains) and any(
-                "running" in c.state for c in mains)) or (mains and all("waiting" not in c.state for c in mains) and terminated):
+        elif waiting or not mains:
+            phase = "Pending"
+        elif running or policy == "Always" or (policy == "OnFailure" and stopped != succeeded):
             phase = "Running"
         else:
-            phase = "Pending"
+            phase = "Succeeded" if stopped == succeeded else "Failed"
         status["phase"] = phase
         if run.status_reason:
             status["reason"] = run.status_reason
@@ -674,6 +698,8 @@ class Kubelet:
             if pod is None:
                 return
             run.directory.mkdir(parents=True, exist_ok=True)
+            # Container statuses (ContainerCreating) appear before volumes are mounted.
+            self._publish(run)
             if not await self._prepare_volumes(run):
                 return
             run.started_at = now_rfc3339()

@@ -190,17 +190,24 @@ async def start_exec(spec: SandboxSpec, container_pid: int, argv: list[str],
     Raises:
         ProcessLookupError: the container's PID 1 is gone.
     """
-    ns_fd = os.open(f"/proc/{container_pid}/ns/pid", os.O_RDONLY)
+    ns_fds = [os.open(f"/proc/{container_pid}/ns/pid", os.O_RDONLY)]
+    join = ["--pidns", str(ns_fds[0])]
+    if os.geteuid() != 0:
+        # Without root, bwrap made a user namespace that owns the pid namespace; an
+        # exec must enter that user namespace before it may join the pid namespace.
+        ns_fds.append(os.open(f"/proc/{container_pid}/ns/user", os.O_RDONLY))
+        join += ["--userns", str(ns_fds[1])]
     try:
         cmd = _in_cgroup(spec, [
-            bwrap_path(), "--pidns", str(ns_fd), "--die-with-parent",
+            bwrap_path(), *join, "--die-with-parent",
             *_common_args(spec, env, cwd), "--", *argv])
         return await asyncio.create_subprocess_exec(
             *cmd, stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(ns_fd,),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=tuple(ns_fds),
             start_new_session=True)
     finally:
-        os.close(ns_fd)
+        for fd in ns_fds:
+            os.close(fd)
 
 
 def signal_pid(pid: int, signum: int) -> None:

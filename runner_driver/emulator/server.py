@@ -17,6 +17,7 @@ import contextlib
 import copy
 import json
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from aiohttp import WSMsgType, web
 
 from . import podspec
 from .faults import ExecCut, Faults, RequestFault
-from .kubelet import Kubelet, resolve_in_sandbox
+from .kubelet import Kubelet, _host_path, resolve_in_sandbox
 from .sandbox import start_exec
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .store import RESOURCES, ApiError, Obj, Store, WatchEvent
@@ -131,15 +132,22 @@ def _table(resource: str, objects: list[Obj], include: str, rv: int) -> Obj:
             rows.append((cells, pod))
     elif resource == "nodes":
         columns = [column("Name", fmt="name"), column("Status"), column("Roles"), column("Age"),
-                   column("Version")]
+                   column("Version"), column("Internal-IP", priority=1),
+                   column("External-IP", priority=1), column("OS-Image", priority=1),
+                   column("Kernel-Version", priority=1), column("Container-Runtime", priority=1)]
         for node in objects:
+            info = node["status"].get("nodeInfo", {})
+            addresses = {a["type"]: a["address"] for a in node["status"].get("addresses", [])}
             node_ready = next((c["status"] for c in node["status"].get("conditions", [])
                                if c["type"] == "Ready"), "Unknown")
             roles = ",".join(k.split("/", 1)[1] for k in node["metadata"].get("labels", {})
                              if k.startswith("node-role.kubernetes.io/")) or "<none>"
             cells = [node["metadata"]["name"], "Ready" if node_ready == "True" else "NotReady",
                      roles, _age(node["metadata"].get("creationTimestamp")),
-                     node["status"].get("nodeInfo", {}).get("kubeletVersion", "")]
+                     info.get("kubeletVersion", ""), addresses.get("InternalIP", "<none>"),
+                     addresses.get("ExternalIP", "<none>"), info.get("osImage", "<unknown>"),
+                     info.get("kernelVersion", "<unknown>"),
+                     info.get("containerRuntimeVersion", "<unknown>")]
             rows.append((cells, node))
     elif resource == "namespaces":
         columns = [column("Name", fmt="name"), column("Status"), column("Age")]
@@ -427,6 +435,17 @@ class ApiServer:
                            "match the namespace sent on the request")
         for server_field in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp"):
             meta.pop(server_field, None)
+        owner = self.store.find("namespaces", "", namespace) if namespace else None
+        if owner is not None and owner["metadata"].get("deletionTimestamp"):
+            # The NamespaceLifecycle admission plugin, before any validation.
+            raise ApiError(403, "Forbidden",
+                           f'{resource} "{meta.get("name", "")}" is forbidden: unable to create '
+                           f"new content in namespace {namespace} because it is being "
+                           "terminated",
+                           {"name": meta.get("name", ""), "kind": resource,
+                            "causes": [{"reason": "NamespaceTerminating",
+                                        "message": f"namespace {namespace} is being terminated",
+                                        "field": "metadata.namespace"}]})
         if resource == "pods":
             meta["namespace"] = namespace
             podspec.validate(body)
@@ -499,13 +518,16 @@ class ApiServer:
                     updated = _merge_patch(current, patch)
             else:
                 assert body is not None
-                sent_rv = body.get("metadata", {}).get("resourceVersion")
-                if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
-                    raise ApiError(409, "Conflict",
-                                   f'Operation cannot be fulfilled on {resource} "{name}": the '
-                                   "object has been modified; please apply your changes to the "
-                                   "latest version and try again")
                 updated = body
+            # A resourceVersion in the body (sent by a PUT, or set by a patch) is a
+            # precondition on the stored version.
+            sent_rv = (updated.get("metadata") or {}).get("resourceVersion")
+            if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
+                raise ApiError(409, "Conflict",
+                               f'Operation cannot be fulfilled on {resource} "{name}": the '
+                               "object has been modified; please apply your changes to the "
+                               "latest version and try again",
+                               {"name": name, "kind": resource})
             return web.json_response(self._update(resource, namespace, name, current, updated))
         raise ApiError(405, "MethodNotAllowed",
                        "the server does not allow this method on the requested resource")
@@ -530,14 +552,16 @@ class ApiServer:
                 changed = {k for k in set(spec) | set(updated.get("spec") or {})
                            if spec.get(k) != (updated.get("spec") or {}).get(k)}
                 if changed:
-                    raise ApiError(422, "Invalid",
-                                   f'Pod "{name}" is invalid: spec: Forbidden: pod updates may '
-                                   "not change fields other than `spec.containers[*].image`, "
-                                   "`spec.initContainers[*].image`, "
-                                   "`spec.activeDeadlineSeconds`, "
-                                   "`spec.tolerations` (only additions to existing tolerations)"
-                                   ", `spec.terminationGracePeriodSeconds` (allow it to be set "
-                                   "to 1 if it was previously negative)")
+                    forbidden = ("Forbidden: pod updates may not change fields other than "
+                                 "`spec.containers[*].image`, `spec.initContainers[*].image`, "
+                                 "`spec.activeDeadlineSeconds`, `spec.tolerations` (only "
+                                 "additions to existing tolerations), "
+                                 "`spec.terminationGracePeriodSeconds` (allow it to be set to 1 "
+                                 "if it was previously negative)")
+                    raise ApiError(422, "Invalid", f'Pod "{name}" is invalid: spec: {forbidden}',
+                                   {"name": name, "kind": "Pod",
+                                    "causes": [{"reason": "FieldValueForbidden",
+                                                "message": forbidden, "field": "spec"}]})
             updated["spec"] = spec
             updated["status"] = current.get("status", {})
         if resource == "secrets":
@@ -717,12 +741,15 @@ class ApiServer:
                            f"the client offered {offered}")
         run, container = self.kubelet.container_for(namespace, name, query.get("container"),
                                                     "exec")
-        ws = web.WebSocketResponse(protocols=EXEC_PROTOCOLS, autoping=True, max_msg_size=0,
-                                   compress=False)
         if request.method != "GET":
-            # Websocket upgrades are GETs; real API servers accept POST too, so present
-            # the same request as a GET to the handshake.
-            request = request.clone(method="GET")
+            # golang.org/x/net/websocket (under wsstream) refuses any other method this
+            # way, after the pod lookup; only SPDY upgrades may be POSTs.
+            return web.Response(status=405, text="bad method")
+        # A v5 offer is terminated by the API server itself, which speaks only v5 there,
+        # whatever the client's order; otherwise the kubelet's v4 answers.
+        chosen = EXEC_PROTOCOLS[0] if EXEC_PROTOCOLS[0] in offered else EXEC_PROTOCOLS[1]
+        ws = web.WebSocketResponse(protocols=(chosen,), autoping=True, max_msg_size=0,
+                                   compress=False)
         await ws.prepare(request)
         self._streams.add(ws)
         v5 = ws.ws_protocol == "v5.channel.k8s.io"
@@ -762,16 +789,28 @@ class ApiServer:
             if channel in (CHANNEL_STDOUT, CHANNEL_STDERR):
                 sent_bytes += len(data)
 
-        # The API server first sends an empty frame on the lowest output channel.
-        await send(CHANNEL_STDOUT if flag["stdout"] else CHANNEL_STDERR, b"")
+        # The API server first sends an empty frame on the lowest writable channel
+        # (the error channel when neither stdout nor stderr was asked for).
+        await send(CHANNEL_STDOUT if flag["stdout"] else
+                   CHANNEL_STDERR if flag["stderr"] else CHANNEL_ERROR, b"")
         if resolve_in_sandbox(container.sandbox, command[0], container.env.get("PATH", "")) is None:
-            message = (f"command terminated with exit code 1: OCI runtime exec failed: exec "
-                       f"failed: unable to start container process: exec: \"{command[0]}\": "
-                       "executable file not found in $PATH: unknown")
+            # What containerd's CRI exec returns, wrapped by the kubelet's streaming
+            # server ("error executing command in container") in apierrors.NewInternalError.
+            if "/" not in command[0]:
+                lookup = "executable file not found in $PATH"
+            elif (host := _host_path(container.sandbox, command[0])) and host.exists():
+                lookup = "permission denied"
+            else:
+                lookup = f"stat {command[0]}: no such file or directory"
+            cause = (f"error executing command in container: failed to exec in container: "
+                     f'failed to start exec "{secrets.token_hex(32)}": OCI runtime exec '
+                     f"failed: exec failed: unable to start container process: exec: "
+                     f'"{command[0]}": {lookup}: unknown')
             await send(CHANNEL_ERROR, json.dumps({
-                "metadata": {}, "status": "Failure", "message": message,
+                "metadata": {}, "status": "Failure",
+                "message": f"Internal error occurred: {cause}",
                 "reason": "InternalError", "code": 500,
-                "details": {"causes": [{"message": message}]}}).encode())
+                "details": {"causes": [{"message": cause}]}}).encode())
             await ws.close()
             return
         try:

@@ -117,6 +117,28 @@ class WatchEvent:
     resource: str
     namespace: str
     obj: Obj
+    # The object as it was before a MODIFIED change, for selector transitions.
+    prev: Obj | None = None
+
+
+def visible(event: WatchEvent, predicate: Callable[[Obj], bool]) -> WatchEvent | None:
+    """The event a filtered watch sees, as the API server's watch cache converts it.
+
+    A change that makes an object start matching the filter is ADDED; one that makes it
+    stop matching is DELETED, carrying the previous object at the new resource version.
+    """
+    if event.type != "MODIFIED" or event.prev is None:
+        return event if predicate(event.obj) else None
+    now, before = predicate(event.obj), predicate(event.prev)
+    if now and before:
+        return event
+    if now:
+        return WatchEvent(event.rv, "ADDED", event.resource, event.namespace, event.obj)
+    if before:
+        old = copy.deepcopy(event.prev)
+        old["metadata"]["resourceVersion"] = str(event.rv)
+        return WatchEvent(event.rv, "DELETED", event.resource, event.namespace, old)
+    return None
 
 
 @dataclass(eq=False)
@@ -161,6 +183,8 @@ class Store:
         self._compacted_rv = 1
         self._watchers: set[Watcher] = set()
         self._listeners: list[Callable[[WatchEvent], None]] = []
+        # Each live object as last emitted, the "previous object" of its next change.
+        self._last: dict[tuple[str, str, str], Obj] = {}
 
     @property
     def resource_version(self) -> int:
@@ -177,15 +201,21 @@ class Store:
 
     def _emit(self, event_type: str, resource: str, obj: Obj) -> None:
         namespace = obj["metadata"].get("namespace", "")
+        key = (resource, namespace, obj["metadata"]["name"])
+        previous = self._last.pop(key, None)
         event = WatchEvent(int(obj["metadata"]["resourceVersion"]), event_type, resource,
-                           namespace, copy.deepcopy(obj))
+                           namespace, copy.deepcopy(obj),
+                           previous if event_type == "MODIFIED" else None)
+        if event_type != "DELETED":
+            self._last[key] = copy.deepcopy(obj)
         if len(self._history) == self._history.maxlen:
             self._compacted_rv = self._history[0].rv
         self._history.append(event)
         for watcher in list(self._watchers):
-            if watcher.resource == resource and watcher.namespace in (None, namespace) \
-                    and watcher.predicate(event.obj):
-                watcher.queue.put_nowait(event)
+            if watcher.resource == resource and watcher.namespace in (None, namespace):
+                seen = visible(event, watcher.predicate)
+                if seen is not None:
+                    watcher.queue.put_nowait(seen)
         for listener in self._listeners:
             listener(event)
 
@@ -260,16 +290,16 @@ class Store:
             raise ApiError(422, "Invalid",
                            f"{kind} \"\" is invalid: metadata.name: Required value: name or "
                            f"generateName is required",
-                           {"kind": resource, "causes": [{"reason": "FieldValueRequired",
-                                                          "message": "Required value: name or "
-                                                          "generateName is required",
-                                                          "field": "metadata.name"}]})
+                           {"kind": kind, "causes": [{"reason": "FieldValueRequired",
+                                                      "message": "Required value: name or "
+                                                      "generateName is required",
+                                                      "field": "metadata.name"}]})
         problem = validate_name(resource, name)
         if problem:
             raise ApiError(422, "Invalid",
                            f"{kind} \"{name}\" is invalid: metadata.name: Invalid value: "
                            f"\"{name}\": {problem}",
-                           {"name": name, "kind": resource,
+                           {"name": name, "kind": kind,
                             "causes": [{"reason": "FieldValueInvalid",
                                         "message": f"Invalid value: \"{name}\": {problem}",
                                         "field": "metadata.name"}]})
@@ -333,9 +363,10 @@ class Store:
             if since_rv < self._compacted_rv:
                 raise ApiError(410, "Expired",
                                f"too old resource version: {since_rv} ({self._compacted_rv})")
-            initial = [e for e in self._history
+            initial = [seen for e in self._history
                        if e.rv > since_rv and e.resource == resource
-                       and namespace in (None, e.namespace) and predicate(e.obj)]
+                       and namespace in (None, e.namespace)
+                       and (seen := visible(e, predicate)) is not None]
         self._watchers.add(watcher)
         return watcher, initial
 
