@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import yaml
 from aiohttp import web
 
+from .controllers import ControlPlane
 from .faults import ExecCut, Faults, RequestFault
 from .kubelet import Kubelet, NodeSettings
 from .sandbox import bwrap_path
@@ -50,6 +51,7 @@ class EmulatedCluster:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._kubelet: Kubelet | None = None
+        self._control: ControlPlane | None = None
         self._server: ApiServer | None = None
         self._store: Store | None = None
         self._stopped: asyncio.Event | None = None
@@ -70,13 +72,16 @@ class EmulatedCluster:
         site_socket = _bind(self._requested_port)
         self.port = site_socket.getsockname()[1]
         self._kubelet = Kubelet(self._store, self.node_settings, self.workdir, self.port)
-        self._server = ApiServer(self._store, self._kubelet, self.faults, self.bookmark_seconds)
+        self._control = ControlPlane(self._store, self._kubelet)
+        self._server = ApiServer(self._store, self._kubelet, self._control, self.faults,
+                                 self.bookmark_seconds)
         self._runner = web.AppRunner(self._server.app(), handle_signals=False,
                                      shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.SockSite(self._runner, site_socket)
         await site.start()
         self._kubelet.start()
+        self._control.start()
         self._stopped = asyncio.Event()
 
     async def stop_async(self) -> None:
@@ -202,9 +207,9 @@ class EmulatedCluster:
 
     def evict(self, namespace: str, name: str) -> None:
         """Evict a pod (DisruptionTarget condition, then graceful deletion)."""
-        assert self._kubelet is not None
-        kubelet = self._kubelet
-        self.call(lambda: kubelet.evict(namespace, name))
+        assert self._control is not None
+        control = self._control
+        self.call(lambda: control.evict(namespace, name))
 
     def oom_kill(self, namespace: str, name: str, container: str) -> None:
         """Kill a container as the OOM killer would (reason OOMKilled, exit code 137)."""
@@ -214,9 +219,9 @@ class EmulatedCluster:
 
     def set_node_ready(self, ready: bool) -> None:
         """Take the node NotReady, or make it Ready again."""
-        assert self._kubelet is not None
-        kubelet = self._kubelet
-        self.call(lambda: kubelet.set_node_ready(ready))
+        assert self._control is not None
+        control = self._control
+        self.call(lambda: control.set_node_ready(ready))
 
     def compact(self) -> int:
         """Drop watch history so older resource versions get 410 Gone."""

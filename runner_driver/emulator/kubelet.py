@@ -1,23 +1,21 @@
-"""The emulated node: scheduler, kubelet and the controllers a CI driver depends on.
+"""The emulated node's kubelet: pods bound to the node become running sandboxes.
 
-It turns stored pods into running sandboxes and writes back what a real cluster would:
-scheduling conditions and `FailedScheduling` messages, image pulls (and
-`ErrImagePull`/`ImagePullBackOff` for images it cannot pull), container states with
-exit codes and reasons (`Completed`, `Error`, `OOMKilled`), pod phases, events, the
-`activeDeadlineSeconds` deadline, graceful deletion (SIGTERM, then SIGKILL after the
-grace period), eviction, node readiness, namespace deletion and owner-reference
-garbage collection. It runs on the emulator's event loop and must never block it.
+It writes back what a real kubelet would: image pulls (and `ErrImagePull` /
+`ImagePullBackOff` for images it cannot pull), `CreateContainerConfigError`, container
+states with exit codes and reasons (`Completed`, `Error`, `OOMKilled`, `StartError`),
+restarts, pod phases and conditions, events, the `activeDeadlineSeconds` deadline, and
+graceful deletion (SIGTERM, then SIGKILL after the grace period). Scheduling, garbage
+collection and namespace and node lifecycles are the control plane's (`controllers`).
+It runs on the emulator's event loop and must never block it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import copy
 import logging
 import os
-import re
 import secrets as pysecrets
 import shutil
 import signal
@@ -27,9 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import images, sandbox, scheduler
+from . import images, sandbox, volumes
+from .events import EventRecorder
 from .selectors import SelectorError, parse_quantity
-from .store import RESOURCES, ApiError, Obj, Store, WatchEvent, now_rfc3339
+from .store import ApiError, Obj, Store, WatchEvent, now_rfc3339
 
 log = logging.getLogger("runner_driver.emulator")
 
@@ -113,63 +112,20 @@ class PodRun:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class EventRecorder:
-    """Creates `Event` objects the way the kubelet and scheduler do, deduplicating repeats."""
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for an event at most `timeout` seconds; return whether it is set.
 
-    def __init__(self, store: Store, node: str) -> None:
-        self._store = store
-        self._node = node
-
-    def record(self, obj: Obj, event_type: str, reason: str, message: str,
-               component: str = "kubelet", field_path: str | None = None) -> None:
-        """Record (or count again) one event about `obj`."""
-        meta = obj["metadata"]
-        namespace = meta.get("namespace") or "default"
-        if self._store.find("namespaces", "", namespace) is None:
-            return
-        stamp = now_rfc3339()
-        for existing in self._store.items("events", namespace):
-            about = existing["involvedObject"]
-            if (about.get("uid") == meta.get("uid") and existing["reason"] == reason
-                    and existing["message"] == message
-                    and about.get("fieldPath") == field_path):
-                existing["count"] = existing.get("count", 1) + 1
-                existing["lastTimestamp"] = stamp
-                self._store.touch("events", existing)
-                return
-        involved: Obj = {"kind": obj.get("kind", "Pod"), "namespace": meta.get("namespace", ""),
-                         "name": meta["name"], "uid": meta.get("uid", ""), "apiVersion": "v1",
-                         "resourceVersion": meta.get("resourceVersion", "")}
-        if field_path:
-            involved["fieldPath"] = field_path
-        event = {
-            # The kubelet names events after the object and the time in nanoseconds.
-            "metadata": {"name": f"{meta['name']}.{time.time_ns():x}"},
-            "involvedObject": involved,
-            "reason": reason,
-            "message": message,
-            "source": {"component": component} | ({"host": self._node}
-                                                   if component == "kubelet" else {}),
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-            "type": event_type,
-            "eventTime": None,
-            "reportingComponent": component,
-            "reportingInstance": self._node if component == "kubelet" else "",
-        }
-        self._store.create("events", namespace, event)
-
-
-def expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes `$(VAR)` expansion in env values, command and args (`$$` escapes)."""
-    def replace(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        return env.get(name, match.group(0))
-
-    return re.sub(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)", replace, text)
+    `asyncio.wait_for` on Python 3.11 can swallow a cancellation that races with the
+    event, leaving the caller running after shutdown; `asyncio.wait` cannot.
+    """
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=max(timeout, 0.0))
+    finally:
+        waiter.cancel()
+    return event.is_set()
 
 
 class Kubelet:
@@ -183,15 +139,14 @@ class Kubelet:
         self.events = EventRecorder(store, settings.name)
         self.runs: dict[tuple[str, str], PodRun] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._schedule_pending = False
-        self._closing = False
+        self.closing = False
         self.node_ready = True
         store.add_listener(self._on_change)
 
     # Setup
 
     def start(self) -> None:
-        """Create the node and default namespaces, then start the periodic loops."""
+        """Register the node, then start the deadline loop."""
         labels = {"kubernetes.io/arch": _arch(), "kubernetes.io/os": "linux",
                   "kubernetes.io/hostname": self.settings.name,
                   "node-role.kubernetes.io/control-plane": "",
@@ -206,7 +161,7 @@ class Kubelet:
             "spec": {"taints": copy.deepcopy(self.settings.taints)},
             "status": {
                 "capacity": dict(capacity), "allocatable": dict(capacity),
-                "conditions": self._node_conditions(True),
+                "conditions": self.node_conditions(True),
                 "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
                               {"type": "Hostname", "address": self.settings.name}],
                 "nodeInfo": {"architecture": _arch(), "operatingSystem": "linux",
@@ -220,14 +175,9 @@ class Kubelet:
                              "systemUUID": _uuid(), "bootID": _uuid(),
                              "kubeProxyVersion": ""},
             }})
-        for namespace in ("default", "kube-system", "kube-public"):
-            self.store.create("namespaces", "", {
-                "metadata": {"name": namespace,
-                             "labels": {"kubernetes.io/metadata.name": namespace}},
-                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
-        self._spawn(self._periodic())
+        self.spawn(self._periodic())
 
-    def _node_conditions(self, ready: bool) -> list[Obj]:
+    def node_conditions(self, ready: bool) -> list[Obj]:
         stamp = now_rfc3339()
         conditions = [{"type": t, "status": "False", "reason": f"KubeletHas{r}",
                        "message": m, "lastHeartbeatTime": stamp, "lastTransitionTime": stamp}
@@ -246,7 +196,8 @@ class Kubelet:
                            "lastHeartbeatTime": stamp, "lastTransitionTime": stamp})
         return conditions
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run a coroutine as a task the kubelet tracks and cancels at shutdown."""
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -254,95 +205,25 @@ class Kubelet:
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None and not self._closing:
+        if not task.cancelled() and task.exception() is not None and not self.closing:
             log.error("emulator task failed", exc_info=task.exception())
 
     # Reacting to changes
 
     def _on_change(self, event: WatchEvent) -> None:
-        if self._closing:
+        if self.closing or event.resource != "pods" or event.type == "DELETED":
             return
-        if event.resource == "namespaces" and event.type == "ADDED":
-            name = event.obj["metadata"]["name"]
-            asyncio.get_running_loop().call_soon(self._namespace_added, name)
-        if event.resource == "pods":
-            if event.type == "ADDED" or (event.type == "DELETED"):
-                self._request_scheduling()
-            if event.type == "DELETED":
-                asyncio.get_running_loop().call_soon(self._collect_dependents,
-                                                     event.obj["metadata"]["uid"])
-            elif event.obj["spec"].get("nodeName"):
-                key = (event.namespace, event.obj["metadata"]["name"])
-                if key not in self.runs and not event.obj["metadata"].get("deletionTimestamp") \
-                        and event.obj["status"].get("phase") in ("Pending", None):
-                    self._start_pod(event.obj)
-        if event.resource in ("secrets", "configmaps") and event.type == "DELETED":
-            asyncio.get_running_loop().call_soon(self._collect_dependents,
-                                                 event.obj["metadata"]["uid"])
-
-    def _namespace_added(self, name: str) -> None:
-        if self.store.find("serviceaccounts", name, "default") is None:
-            self.store.create("serviceaccounts", name, {"metadata": {"name": "default"}})
-        if self.store.find("configmaps", name, "kube-root-ca.crt") is None:
-            bundle = images.host_ca_bundle()
-            ca = bundle.read_text() if bundle else ""
-            self.store.create("configmaps", name, {
-                "metadata": {"name": "kube-root-ca.crt",
-                             "annotations": {"kubernetes.io/description":
-                                             "Contains a CA bundle that can be used to verify "
-                                             "the kube-apiserver when using internal endpoints "
-                                             "such as the internal service IP or "
-                                             "kubernetes.default.svc. No other usage is "
-                                             "guaranteed across distributions of Kubernetes "
-                                             "clusters."}},
-                "data": {"ca.crt": ca}})
-
-    def _request_scheduling(self) -> None:
-        if not self._schedule_pending:
-            self._schedule_pending = True
-            asyncio.get_running_loop().call_soon(self._schedule)
-
-    def _schedule(self) -> None:
-        self._schedule_pending = False
-        node = self.store.find("nodes", "", self.settings.name)
-        if node is None:
-            return
-        for pod in list(self.store.items("pods")):
-            if pod["spec"].get("nodeName") or pod["metadata"].get("deletionTimestamp"):
-                continue
-            on_node = [p for p in self.store.items("pods")
-                       if p["spec"].get("nodeName") == self.settings.name]
-            reasons = scheduler.unschedulable_reasons(pod, node, on_node)
-            if reasons:
-                message = scheduler.failure_message(reasons)
-                condition = {"type": "PodScheduled", "status": "False", "lastProbeTime": None,
-                             "lastTransitionTime": now_rfc3339(), "reason": "Unschedulable",
-                             "message": message}
-                current = [c for c in pod["status"].get("conditions", [])
-                           if c["type"] == "PodScheduled"]
-                if not current or current[0].get("message") != message:
-                    pod["status"]["conditions"] = [condition]
-                    self.store.touch("pods", pod)
-                    self.events.record(pod, "Warning", "FailedScheduling", message,
-                                       component="default-scheduler")
-                continue
-            pod["spec"]["nodeName"] = self.settings.name
-            pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "True",
-                                            "lastProbeTime": None,
-                                            "lastTransitionTime": now_rfc3339()}]
-            self.store.touch("pods", pod)
-            meta = pod["metadata"]
-            self.events.record(pod, "Normal", "Scheduled",
-                               f"Successfully assigned {meta['namespace']}/{meta['name']} to "
-                               f"{self.settings.name}", component="default-scheduler")
+        if event.obj["spec"].get("nodeName"):
+            key = (event.namespace, event.obj["metadata"]["name"])
+            if key not in self.runs and not event.obj["metadata"].get("deletionTimestamp") \
+                    and event.obj["status"].get("phase") in ("Pending", None):
+                self._start_pod(event.obj)
 
     async def _periodic(self) -> None:
-        """Retry scheduling, enforce deadlines and collect orphans about once a second."""
-        while not self._closing:
+        """Enforce activeDeadlineSeconds about twice a second."""
+        while not self.closing:
             await asyncio.sleep(0.5)
-            self._request_scheduling()
             self._enforce_deadlines()
-            self._collect_orphans()
 
     def _enforce_deadlines(self) -> None:
         now = time.time()
@@ -358,31 +239,8 @@ class Kubelet:
                 run.status_reason = "DeadlineExceeded"
                 run.status_message = "Pod was active on the node longer than the specified deadline"
                 self.events.record(pod, "Normal", "DeadlineExceeded", run.status_message)
-                self._spawn(self._terminate(run, float(pod["spec"].get(
+                self.spawn(self._terminate(run, float(pod["spec"].get(
                     "terminationGracePeriodSeconds", 30)), remove=False))
-
-    def _collect_orphans(self) -> None:
-        for resource in ("pods", "secrets", "configmaps"):
-            for obj in list(self.store.items(resource)):
-                owners = obj["metadata"].get("ownerReferences") or []
-                if owners and not any(self.store.uid_exists(o.get("uid", "")) for o in owners):
-                    self._delete_dependent(resource, obj)
-
-    def _collect_dependents(self, uid: str) -> None:
-        for resource in ("pods", "secrets", "configmaps"):
-            for obj in list(self.store.items(resource)):
-                owners = obj["metadata"].get("ownerReferences") or []
-                if any(o.get("uid") == uid for o in owners) and not any(
-                        self.store.uid_exists(o.get("uid", "")) for o in owners):
-                    self._delete_dependent(resource, obj)
-
-    def _delete_dependent(self, resource: str, obj: Obj) -> None:
-        meta = obj["metadata"]
-        with contextlib.suppress(ApiError):
-            if resource == "pods":
-                self.delete_pod(meta["namespace"], meta["name"], None)
-            else:
-                self.store.remove(resource, meta["namespace"], meta["name"])
 
     # API-facing operations
 
@@ -400,7 +258,7 @@ class Kubelet:
         run = self.runs.get((namespace, name))
         if run is None or (run.finished.is_set() and not run.terminating):
             if run is not None:
-                self._spawn(self._finish_removal(run))
+                self.spawn(self._finish_removal(run))
                 pod["metadata"]["deletionTimestamp"] = now_rfc3339()
                 pod["metadata"]["deletionGracePeriodSeconds"] = 0
                 self.store.touch("pods", pod)
@@ -416,26 +274,8 @@ class Kubelet:
             time.time() + grace, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         pod["metadata"]["deletionGracePeriodSeconds"] = grace
         self.store.touch("pods", pod)
-        self._spawn(self._terminate(run, float(grace), remove=True))
+        self.spawn(self._terminate(run, float(grace), remove=True))
         return copy.deepcopy(pod)
-
-    def evict(self, namespace: str, name: str) -> None:
-        """Evict a pod as the Eviction API does: mark DisruptionTarget, then delete it.
-
-        Raises:
-            ApiError: 404 when the pod does not exist.
-        """
-        pod = self.store.find("pods", namespace, name)
-        if pod is None:
-            raise ApiError(404, "NotFound", f'pods "{name}" not found',
-                           {"name": name, "kind": "pods"})
-        pod["status"].setdefault("conditions", []).append({
-            "type": "DisruptionTarget", "status": "True", "lastProbeTime": None,
-            "lastTransitionTime": now_rfc3339(), "reason": "EvictionByEvictionAPI",
-            "message": "Eviction API: evicting"})
-        self.store.touch("pods", pod)
-        self.events.record(pod, "Normal", "Killing", "Stopping pod (evicted)")
-        self.delete_pod(namespace, name, None)
 
     def oom_kill(self, namespace: str, name: str, container: str) -> None:
         """Kill a container as the kernel does when it exceeds its memory limit.
@@ -450,88 +290,6 @@ class Kubelet:
                            f'container "{container}" in pod "{name}" is not running')
         target.forced_reason = "OOMKilled"
         sandbox.signal_pid(target.pid, signal.SIGKILL)
-
-    def set_node_ready(self, ready: bool) -> None:
-        """Take the node NotReady (or back), with the taints and pod effects that follow."""
-        self.node_ready = ready
-        node = self.store.find("nodes", "", self.settings.name)
-        if node is None:
-            return
-        node["status"]["conditions"] = self._node_conditions(ready)
-        taints = [t for t in node["spec"].get("taints") or []
-                  if t.get("key") != "node.kubernetes.io/not-ready"]
-        if not ready:
-            taints += [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"},
-                       {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute",
-                        "timeAdded": now_rfc3339()}]
-        node["spec"]["taints"] = taints
-        self.store.touch("nodes", node)
-        if not ready:
-            self.events.record(node, "Normal", "NodeNotReady",
-                               f"Node {self.settings.name} status is now: NodeNotReady",
-                               component="node-controller")
-            for run in list(self.runs.values()):
-                pod = self.store.find("pods", run.namespace, run.name)
-                if pod is None:
-                    continue
-                for condition in pod["status"].get("conditions", []):
-                    if condition["type"] in ("Ready", "ContainersReady"):
-                        condition["status"] = "False"
-                self.store.touch("pods", pod)
-                self.events.record(pod, "Warning", "NodeNotReady", "Node is not ready",
-                                   component="node-controller")
-                self._spawn(self._evict_after_not_ready(run))
-        else:
-            # The kubelet reports its pods' readiness again once the node is back.
-            for run in list(self.runs.values()):
-                self._publish(run)
-        self._request_scheduling()
-
-    async def _evict_after_not_ready(self, run: PodRun) -> None:
-        await asyncio.sleep(self.settings.not_ready_eviction_seconds)
-        pod = self.store.find("pods", run.namespace, run.name)
-        if self.node_ready or pod is None or pod["metadata"].get("deletionTimestamp"):
-            return
-        # A toleration of the NoExecute taint without tolerationSeconds keeps the pod.
-        taint = {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}
-        if any(t.get("tolerationSeconds") is None and scheduler.tolerates([t], taint)
-               for t in pod["spec"].get("tolerations") or []):
-            return
-        pod["status"].setdefault("conditions", []).append({
-            "type": "DisruptionTarget", "status": "True", "lastProbeTime": None,
-            "lastTransitionTime": now_rfc3339(), "reason": "DeletionByTaintManager",
-            "message": "Taint manager: deleting due to NoExecute taint"})
-        self.store.touch("pods", pod)
-        self.events.record(pod, "Normal", "TaintManagerEviction",
-                           f"Marking for deletion Pod {run.namespace}/{run.name}",
-                           component="taint-eviction-controller")
-        self.delete_pod(run.namespace, run.name, None)
-
-    def delete_namespace(self, name: str) -> Obj:
-        """Start namespace deletion: mark it Terminating and delete everything in it."""
-        namespace = self.store.find("namespaces", "", name)
-        if namespace is None:
-            return self.store.get("namespaces", "", name)
-        if not namespace["metadata"].get("deletionTimestamp"):
-            namespace["metadata"]["deletionTimestamp"] = now_rfc3339()
-            namespace.setdefault("status", {})["phase"] = "Terminating"
-            self.store.touch("namespaces", namespace)
-            self._spawn(self._drain_namespace(name))
-        return copy.deepcopy(namespace)
-
-    async def _drain_namespace(self, name: str) -> None:
-        for pod in list(self.store.items("pods", name)):
-            with contextlib.suppress(ApiError):
-                self.delete_pod(name, pod["metadata"]["name"], None)
-        while any(True for _ in self.store.items("pods", name)):
-            await asyncio.sleep(0.1)
-        for resource, spec in RESOURCES.items():
-            if spec.namespaced:
-                for obj in list(self.store.items(resource, name)):
-                    with contextlib.suppress(ApiError):
-                        self.store.remove(resource, name, obj["metadata"]["name"])
-        with contextlib.suppress(ApiError):
-            self.store.remove("namespaces", "", name)
 
     def container_for(self, namespace: str, name: str, container: str | None,
                       action: str) -> tuple[PodRun, ContainerRun]:
@@ -591,7 +349,7 @@ class Kubelet:
             for container in run.containers.values():
                 container.state = {"waiting": {"reason": "PodInitializing"}}
         self.runs[(run.namespace, run.name)] = run
-        run.task = self._spawn(self._run_pod(run))
+        run.task = self.spawn(self._run_pod(run))
 
     def _pod(self, run: PodRun) -> Obj | None:
         pod = self.store.find("pods", run.namespace, run.name)
@@ -599,7 +357,7 @@ class Kubelet:
             return None
         return pod
 
-    def _publish(self, run: PodRun) -> None:
+    def publish(self, run: PodRun) -> None:
         """Write the pod's status from the node's view of its containers."""
         pod = self._pod(run)
         if pod is None:
@@ -699,11 +457,11 @@ class Kubelet:
                 return
             run.directory.mkdir(parents=True, exist_ok=True)
             # Container statuses (ContainerCreating) appear before volumes are mounted.
-            self._publish(run)
+            self.publish(run)
             if not await self._prepare_volumes(run):
                 return
             run.started_at = now_rfc3339()
-            self._publish(run)
+            self.publish(run)
             inits = [c for c in run.containers.values() if c.init]
             for container in inits:
                 if run.terminating:
@@ -715,7 +473,7 @@ class Kubelet:
                     for main in run.containers.values():
                         if not main.init:
                             main.state = {"waiting": {"reason": "PodInitializing"}}
-                    self._publish(run)
+                    self.publish(run)
                     return
             mains = [c for c in run.containers.values() if not c.init]
             await asyncio.gather(*(self._run_container_to_end(run, c) for c in mains))
@@ -731,184 +489,27 @@ class Kubelet:
                 return False
             problem = None
             for volume in pod["spec"].get("volumes") or []:
-                problem = self._materialise_volume(pod, run, volume)
+                problem = volumes.materialise(self.store, pod, run.directory / "volumes", volume)
                 if problem:
                     break
             if problem is None:
                 return True
             self.events.record(pod, "Warning", "FailedMount", problem)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.stop.wait(), delay)
+            await wait_event(run.stop, delay)
             delay = min(delay * 2, 10)
         return False
 
-    def _materialise_volume(self, pod: Obj, run: PodRun, volume: Obj) -> str | None:
-        name = volume["name"]
-        target = run.directory / "volumes" / name
-        namespace = run.namespace
-        prefix = f'MountVolume.SetUp failed for volume "{name}" : '
-
-        def files_from(kind: str, source: Obj, mode_default: int) -> dict[str, tuple[bytes, int]]:
-            resource = "secrets" if kind == "secret" else "configmaps"
-            obj_name = source.get("secretName") if kind == "secret" else source.get("name")
-            obj = self.store.find(resource, namespace, obj_name or "")
-            if obj is None:
-                if source.get("optional"):
-                    return {}
-                raise LookupError(f'{kind} "{obj_name}" not found')
-            data: dict[str, bytes] = {}
-            if kind == "secret":
-                for key, value in (obj.get("data") or {}).items():
-                    data[key] = base64.b64decode(value)
-                for key, value in (obj.get("stringData") or {}).items():
-                    data[key] = value.encode()
-            else:
-                for key, value in (obj.get("data") or {}).items():
-                    data[key] = value.encode()
-                for key, value in (obj.get("binaryData") or {}).items():
-                    data[key] = base64.b64decode(value)
-            mode = int(source.get("defaultMode", mode_default))
-            items = source.get("items")
-            if not items:
-                return {k: (v, mode) for k, v in data.items()}
-            result = {}
-            for item in items:
-                if item["key"] not in data:
-                    if source.get("optional"):
-                        continue
-                    raise LookupError(f'references non-existent {kind} key: {item["key"]}')
-                result[item.get("path", item["key"])] = (data[item["key"]],
-                                                         int(item.get("mode", mode)))
-            return result
-
-        try:
-            files: dict[str, tuple[bytes, int]] | None = None
-            if "emptyDir" in volume:
-                target.mkdir(parents=True, exist_ok=True)
-                target.chmod(0o777)
-                return None
-            if "secret" in volume:
-                files = files_from("secret", volume["secret"], 0o644)
-            elif "configMap" in volume:
-                files = files_from("configMap", volume["configMap"], 0o644)
-            elif "downwardAPI" in volume:
-                files = {i["path"]: (self._field_ref(pod, i.get("fieldRef") or {}).encode(),
-                                     int(i.get("mode", volume["downwardAPI"].get(
-                                         "defaultMode", 0o644))))
-                         for i in volume["downwardAPI"].get("items") or []}
-            elif "projected" in volume:
-                files = {}
-                mode = int(volume["projected"].get("defaultMode", 0o644))
-                for source in volume["projected"].get("sources") or []:
-                    if "secret" in source:
-                        files.update(files_from("secret", {**source["secret"],
-                                                           "secretName": source["secret"].get("name"),
-                                                           "defaultMode": mode}, mode))
-                    elif "configMap" in source:
-                        files.update(files_from("configMap", {**source["configMap"],
-                                                              "defaultMode": mode}, mode))
-                    elif "downwardAPI" in source:
-                        for item in source["downwardAPI"].get("items") or []:
-                            files[item["path"]] = (self._field_ref(
-                                pod, item.get("fieldRef") or {}).encode(), mode)
-                    elif "serviceAccountToken" in source:
-                        token = "emulated." + base64.urlsafe_b64encode(
-                            f"{namespace}:{pod['spec'].get('serviceAccountName')}".encode()
-                        ).decode().rstrip("=")
-                        files[source["serviceAccountToken"].get("path", "token")] = (
-                            token.encode(), mode)
-            else:
-                kinds = ", ".join(k for k in volume if k != "name")
-                return prefix + f"volume type {kinds} is not supported by the emulated cluster"
-        except LookupError as error:
-            return prefix + str(error)
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
-        for path, (data, mode) in files.items():
-            file_path = target / path
-            file_path.parent.mkdir(parents=True, exist_ok=True)
-            file_path.write_bytes(data)
-            file_path.chmod(mode)
-        return None
-
-    def _field_ref(self, pod: Obj, ref: Obj) -> str:
-        path = ref.get("fieldPath", "")
-        meta = pod["metadata"]
-        simple = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
-                  "metadata.uid": meta["uid"], "spec.nodeName": pod["spec"].get("nodeName", ""),
-                  "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
-                  "status.hostIP": "127.0.0.1", "status.podIP": pod["status"].get("podIP", "")}
-        if path in simple:
-            return str(simple[path])
-        match = re.match(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
-        if match:
-            return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
-        if path in ("metadata.labels", "metadata.annotations"):
-            values = meta.get(path.split(".")[1]) or {}
-            return "\n".join(f'{k}="{v}"' for k, v in sorted(values.items()))
-        return ""
-
-    def _resolve_env(self, pod: Obj, container: ContainerRun) -> dict[str, str]:
-        """The container's environment, or LookupError with the kubelet's message."""
-        assert container.profile is not None
-        env = dict(container.profile.env)
+    def _base_env(self, pod: Obj, profile: images.ImageProfile) -> dict[str, str]:
+        env = dict(profile.env)
         env["HOSTNAME"] = pod["metadata"]["name"]
         env["KUBERNETES_SERVICE_HOST"] = "127.0.0.1"
         env["KUBERNETES_SERVICE_PORT"] = str(self.api_port)
         env["KUBERNETES_PORT"] = f"tcp://127.0.0.1:{self.api_port}"
-        namespace = pod["metadata"]["namespace"]
-        for source in container.spec.get("envFrom") or []:
-            prefix = source.get("prefix", "")
-            for kind, resource in (("secretRef", "secrets"), ("configMapRef", "configmaps")):
-                if kind not in source:
-                    continue
-                ref = source[kind]
-                obj = self.store.find(resource, namespace, ref.get("name", ""))
-                if obj is None:
-                    if ref.get("optional"):
-                        continue
-                    raise LookupError(f'{resource[:-1] if resource == "secrets" else "configmap"} '
-                                      f'"{ref.get("name")}" not found')
-                for key, value in (obj.get("data") or {}).items():
-                    env[prefix + key] = (base64.b64decode(value).decode(errors="replace")
-                                         if resource == "secrets" else value)
-        for item in container.spec.get("env") or []:
-            name = item["name"]
-            if "value" in item or "valueFrom" not in item:
-                env[name] = expand(str(item.get("value", "")), env)
-                continue
-            source = item["valueFrom"]
-            if "fieldRef" in source:
-                env[name] = self._field_ref(pod, source["fieldRef"])
-            elif "resourceFieldRef" in source:
-                ref = source["resourceFieldRef"]
-                resources = container.spec.get("resources") or {}
-                kind, _, rname = ref.get("resource", "").partition(".")
-                value = (resources.get(kind) or {}).get(rname)
-                divisor = parse_quantity(ref.get("divisor", "1"))
-                if value is None:
-                    value = self.settings.cpu if rname == "cpu" else self.settings.memory
-                env[name] = str(int(-(-parse_quantity(value) // divisor)))
-            else:
-                for kind, resource, label in (("secretKeyRef", "secrets", "secret"),
-                                              ("configMapKeyRef", "configmaps", "configmap")):
-                    if kind not in source:
-                        continue
-                    ref = source[kind]
-                    obj = self.store.find(resource, namespace, ref.get("name", ""))
-                    data = (obj or {}).get("data") or {}
-                    if obj is None or ref.get("key") not in data:
-                        if ref.get("optional"):
-                            break
-                        if obj is None:
-                            raise LookupError(f'{label} "{ref.get("name")}" not found')
-                        raise LookupError(f"couldn't find key {ref.get('key')} in {label.title() if label == 'secret' else 'ConfigMap'} "
-                                          f"{namespace}/{ref.get('name')}")
-                    raw = data[ref["key"]]
-                    env[name] = (base64.b64decode(raw).decode(errors="replace")
-                                 if resource == "secrets" else raw)
         return env
+
+    def _allocatable(self) -> dict[str, str]:
+        return {"cpu": self.settings.cpu, "memory": self.settings.memory,
+                "ephemeral-storage": self.settings.ephemeral_storage}
 
     def _container_spec(self, pod: Obj, run: PodRun, c: ContainerRun) -> None:
         assert c.profile is not None
@@ -996,7 +597,7 @@ class Kubelet:
                        f'reference "{reference}": {reference}: not found')
             full = f'Failed to pull image "{image}": rpc error: code = NotFound desc = {message}'
             c.state = {"waiting": {"reason": "ErrImagePull", "message": full}}
-            self._publish(run)
+            self.publish(run)
             self.events.record(pod, "Warning", "Failed", full, field_path=field_path)
             self.events.record(pod, "Warning", "Failed", "Error: ErrImagePull",
                                field_path=field_path)
@@ -1006,13 +607,12 @@ class Kubelet:
             c.state = {"waiting": {"reason": "ImagePullBackOff",
                                    "message": f'Back-off pulling image "{image}": ErrImagePull: '
                                               f"{message}"}}
-            self._publish(run)
+            self.publish(run)
             self.events.record(pod, "Normal", "BackOff", f'Back-off pulling image "{image}"',
                                field_path=field_path)
             self.events.record(pod, "Warning", "Failed", "Error: ImagePullBackOff",
                                field_path=field_path)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.stop.wait(), backoff)
+            await wait_event(run.stop, backoff)
             backoff = min(backoff * 2, self.settings.pull_backoff_seconds * 10)
         return False
 
@@ -1030,7 +630,8 @@ class Kubelet:
                 return -1
             assert c.profile is not None
             try:
-                c.env = self._resolve_env(pod, c)
+                c.env = volumes.resolve_env(self.store, pod, c.spec, self._base_env(pod, c.profile),
+                                           self._allocatable())
                 security = {**(pod["spec"].get("securityContext") or {}),
                             **(c.spec.get("securityContext") or {})}
                 if security.get("runAsNonRoot") and c.profile.runs_as_root \
@@ -1041,22 +642,21 @@ class Kubelet:
             except LookupError as error:
                 c.state = {"waiting": {"reason": "CreateContainerConfigError",
                                        "message": str(error)}}
-                self._publish(run)
+                self.publish(run)
                 self.events.record(pod, "Warning", "Failed", f"Error: {error}",
                                    field_path=field_path)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(run.stop.wait(), 1.0)
+                await wait_event(run.stop, 1.0)
                 continue
             self._container_spec(pod, run, c)
-            command = [expand(a, c.env) for a in c.spec.get("command") or c.profile.entrypoint]
-            args = [expand(a, c.env) for a in (c.spec.get("args") if c.spec.get("command")
+            command = [volumes.expand(a, c.env) for a in c.spec.get("command") or c.profile.entrypoint]
+            args = [volumes.expand(a, c.env) for a in (c.spec.get("args") if c.spec.get("command")
                                                or c.spec.get("args") else c.profile.cmd) or []]
             if not c.spec.get("command") and c.spec.get("args"):
                 command = list(c.profile.entrypoint)
             argv = command + args
             assert c.sandbox is not None and c.log_path is not None
             assert c.termination_log is not None
-            if not argv or resolve_in_sandbox(c.sandbox, argv[0], c.env.get("PATH", "")) is None:
+            if not argv or sandbox.resolve_command(c.sandbox, argv[0], c.env.get("PATH", "")) is None:
                 what = argv[0] if argv else "no command specified"
                 message = (f"failed to create containerd task: failed to create shim task: OCI "
                            f"runtime create failed: runc create failed: unable to start "
@@ -1068,7 +668,7 @@ class Kubelet:
                                           "message": message, "startedAt": "1970-01-01T00:00:00Z",
                                           "finishedAt": now_rfc3339()}}
                 c.exited.set()
-                self._publish(run)
+                self.publish(run)
                 return 128
             self.events.record(pod, "Normal", "Created", f"Created container: {c.name}",
                                field_path=field_path)
@@ -1080,12 +680,12 @@ class Kubelet:
             started = now_rfc3339()
             c.state = {"running": {"startedAt": started}}
             c.ready = not c.init
-            c.log_writers = [self._spawn(self._copy_log(process.stdout, c.log_path, "stdout")),
-                             self._spawn(self._copy_log(process.stderr, c.log_path, "stderr"))]
-            self._publish(run)
+            c.log_writers = [self.spawn(self._copy_log(process.stdout, c.log_path, "stdout")),
+                             self.spawn(self._copy_log(process.stderr, c.log_path, "stderr"))]
+            self.publish(run)
             self.events.record(pod, "Normal", "Started", f"Started container {c.name}",
                                field_path=field_path)
-            monitor = self._spawn(self._watch_oom(c)) if c.sandbox.cgroup else None
+            monitor = self.spawn(self._watch_oom(c)) if c.sandbox.cgroup else None
             code = await process.wait()
             await asyncio.gather(*c.log_writers, return_exceptions=True)
             if monitor:
@@ -1111,12 +711,12 @@ class Kubelet:
             c.exited.set()
             policy = pod["spec"].get("restartPolicy", "Always")
             if c.init and code == 0:
-                self._publish(run)
+                self.publish(run)
                 return 0
             restart = not run.terminating and not run.status_reason and (
                 policy == "Always" or (policy == "OnFailure" and code != 0))
             if not restart:
-                self._publish(run)
+                self.publish(run)
                 return code
             c.last_state = {"terminated": terminated}
             c.restart_count += 1
@@ -1127,12 +727,11 @@ class Kubelet:
                                    "message": f"back-off {int(restart_delay)}s restarting failed "
                                               f"container={c.name} pod={run.name}_{run.namespace}"
                                               f"({run.uid})"}}
-            self._publish(run)
+            self.publish(run)
             self.events.record(pod, "Warning", "BackOff", "Back-off restarting failed container "
                                f"{c.name} in pod {run.name}_{run.namespace}({run.uid})",
                                field_path=field_path)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.stop.wait(), restart_delay)
+            await wait_event(run.stop, restart_delay)
             restart_delay = min(restart_delay * 2, 300)
         return -1
 
@@ -1186,13 +785,10 @@ class Kubelet:
         deadline = time.monotonic() + grace
         for c in running:
             remaining = max(0.0, deadline - time.monotonic())
-            try:
-                await asyncio.wait_for(c.exited.wait(), remaining)
-            except TimeoutError:
+            if not await wait_event(c.exited, remaining):
                 sandbox.signal_pid(c.pid, signal.SIGKILL)
         if run.task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(run.finished.wait()), 5)
+            await wait_event(run.finished, 5)
         if remove:
             await self._finish_removal(run)
 
@@ -1215,7 +811,7 @@ class Kubelet:
 
     async def shutdown(self) -> None:
         """Kill every sandbox and wait for the processes to go (server stop)."""
-        self._closing = True
+        self.closing = True
         for run in list(self.runs.values()):
             run.terminating = True
             run.stop.set()
@@ -1228,53 +824,10 @@ class Kubelet:
                         await asyncio.wait_for(c.process.wait(), 5)
                 if c.sandbox is not None:
                     sandbox.remove_cgroup(c.sandbox.cgroup)
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def resolve_in_sandbox(spec: sandbox.SandboxSpec, command: str, path_env: str) -> Path | None:
-    """Find the host file a command names inside a sandbox (PATH lookup, symlinks, mounts).
-
-    This lets the emulator refuse a missing executable the way a container runtime
-    does, before starting anything.
-    """
-    candidates = [command] if "/" in command else \
-        [f"{d.rstrip('/')}/{command}" for d in path_env.split(":") if d]
-    for candidate in candidates:
-        host = _host_path(spec, candidate)
-        if host is not None and host.is_file() and os.access(host, os.X_OK):
-            return host
-    return None
-
-
-def _host_path(spec: sandbox.SandboxSpec, path: str, depth: int = 0) -> Path | None:
-    if depth > 40:
-        return None
-    parts = [p for p in path.split("/") if p and p != "."]
-    current = "/"
-    for index, part in enumerate(parts):
-        current = "/" + "/".join(filter(None, [*current.strip("/").split("/"), part]))
-        host = _map(spec, current)
-        if host.is_symlink():
-            target = os.readlink(host)
-            parent = current.rsplit("/", 1)[0] or "/"
-            joined = target if target.startswith("/") else f"{parent}/{target}"
-            rest = "/".join(parts[index + 1:])
-            return _host_path(spec, os.path.normpath(f"{joined}/{rest}" if rest else joined),
-                              depth + 1)
-    return _map(spec, current)
-
-
-def _map(spec: sandbox.SandboxSpec, path: str) -> Path:
-    best: sandbox.Mount | None = None
-    for mount in spec.mounts:
-        dest = mount.destination.rstrip("/") or "/"
-        if (path == dest or path.startswith(dest + "/")) and (
-                best is None or len(dest) > len(best.destination.rstrip("/"))):
-            best = mount
-    if best is None:
-        return spec.rootfs / path.lstrip("/")
-    rest = path[len(best.destination.rstrip("/")):].lstrip("/")
-    return Path(best.source) / rest if rest else Path(best.source)
+        # Bounded: stopping must never hang on a task that ignores its cancellation.
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
 

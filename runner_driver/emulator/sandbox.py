@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -118,8 +120,6 @@ def remove_cgroup(group: Path | None) -> None:
                 for pid in (group / "cgroup.procs").read_text().split():
                     with contextlib.suppress(ProcessLookupError, ValueError):
                         os.kill(int(pid), signal.SIGKILL)
-            import time
-
             time.sleep(0.02)
 
 
@@ -190,24 +190,42 @@ async def start_exec(spec: SandboxSpec, container_pid: int, argv: list[str],
     Raises:
         ProcessLookupError: the container's PID 1 is gone.
     """
-    ns_fds = [os.open(f"/proc/{container_pid}/ns/pid", os.O_RDONLY)]
-    join = ["--pidns", str(ns_fds[0])]
+    stdin = subprocess.PIPE if with_stdin else subprocess.DEVNULL
     if os.geteuid() != 0:
-        # Without root, bwrap made a user namespace that owns the pid namespace; an
-        # exec must enter that user namespace before it may join the pid namespace.
-        ns_fds.append(os.open(f"/proc/{container_pid}/ns/user", os.O_RDONLY))
-        join += ["--userns", str(ns_fds[1])]
+        # Unprivileged, bwrap's namespaces belong to a user namespace it created, and
+        # bwrap joins a pid namespace before a user namespace, which the kernel then
+        # refuses. nsenter enters the user namespace first. The container's uts and ipc
+        # namespaces stay out of reach, so such an exec sees the host's hostname.
+        workdir = host_path(spec, cwd or "/") or spec.rootfs
+        nsenter = shutil.which("nsenter")
+        if nsenter is None:
+            raise FileNotFoundError("nsenter (util-linux) is needed to exec without root")
+        pid_ns = os.open(f"/proc/{container_pid}/ns/pid", os.O_RDONLY)
+        try:
+            # The user namespace that owns the pid namespace, which bwrap may have
+            # nested below the one its PID 1 runs in (NS_GET_USERNS).
+            owner = fcntl.ioctl(pid_ns, 0xB701)
+        finally:
+            os.close(pid_ns)
+        proc = f"/proc/{container_pid}"
+        try:
+            return await asyncio.create_subprocess_exec(
+                nsenter, f"--user=/proc/self/fd/{owner}", f"--pid={proc}/ns/pid",
+                f"--mount={proc}/ns/mnt", "--preserve-credentials", f"--root={proc}/root",
+                f"--wd={workdir}", "--", *argv, env=env, stdin=stdin, pass_fds=(owner,),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        finally:
+            os.close(owner)
+    ns_fd = os.open(f"/proc/{container_pid}/ns/pid", os.O_RDONLY)
     try:
         cmd = _in_cgroup(spec, [
-            bwrap_path(), *join, "--die-with-parent",
+            bwrap_path(), "--pidns", str(ns_fd), "--die-with-parent",
             *_common_args(spec, env, cwd), "--", *argv])
         return await asyncio.create_subprocess_exec(
-            *cmd, stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=tuple(ns_fds),
-            start_new_session=True)
+            *cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            pass_fds=(ns_fd,), start_new_session=True)
     finally:
-        for fd in ns_fds:
-            os.close(fd)
+        os.close(ns_fd)
 
 
 def signal_pid(pid: int, signum: int) -> None:
@@ -215,3 +233,51 @@ def signal_pid(pid: int, signum: int) -> None:
     if pid > 0:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signum)
+
+
+def resolve_command(spec: SandboxSpec, command: str, path_env: str) -> Path | None:
+    """Find the host file a command names inside a sandbox (PATH lookup, symlinks, mounts).
+
+    This lets the emulator refuse a missing executable the way a container runtime
+    does, before starting anything.
+    """
+    candidates = [command] if "/" in command else \
+        [f"{d.rstrip('/')}/{command}" for d in path_env.split(":") if d]
+    for candidate in candidates:
+        host = host_path(spec, candidate)
+        if host is not None and host.is_file() and os.access(host, os.X_OK):
+            return host
+    return None
+
+
+def host_path(spec: SandboxSpec, path: str, depth: int = 0) -> Path | None:
+    """The host path behind a path inside the sandbox, following symlinks as the kernel would."""
+    if depth > 40:
+        return None
+    parts = [p for p in path.split("/") if p and p != "."]
+    current = "/"
+    for index, part in enumerate(parts):
+        current = "/" + "/".join(filter(None, [*current.strip("/").split("/"), part]))
+        host = _map(spec, current)
+        if host.is_symlink():
+            target = os.readlink(host)
+            parent = current.rsplit("/", 1)[0] or "/"
+            joined = target if target.startswith("/") else f"{parent}/{target}"
+            rest = "/".join(parts[index + 1:])
+            return host_path(spec, os.path.normpath(f"{joined}/{rest}" if rest else joined),
+                              depth + 1)
+    return _map(spec, current)
+
+
+def _map(spec: SandboxSpec, path: str) -> Path:
+    best: Mount | None = None
+    for mount in spec.mounts:
+        dest = mount.destination.rstrip("/") or "/"
+        if (path == dest or path.startswith(dest + "/")) and (
+                best is None or len(dest) > len(best.destination.rstrip("/"))):
+            best = mount
+    if best is None:
+        return spec.rootfs / path.lstrip("/")
+    rest = path[len(best.destination.rstrip("/")):].lstrip("/")
+    return Path(best.source) / rest if rest else Path(best.source)
+

@@ -26,9 +26,10 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from . import podspec
+from .controllers import ControlPlane
 from .faults import ExecCut, Faults, RequestFault
-from .kubelet import Kubelet, _host_path, resolve_in_sandbox
-from .sandbox import start_exec
+from .kubelet import Kubelet
+from .sandbox import host_path, resolve_command, start_exec
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .store import RESOURCES, ApiError, Obj, Store, WatchEvent
 
@@ -193,10 +194,11 @@ def _wants_table(request: web.Request) -> bool:
 class ApiServer:
     """HTTP routes over a store and a kubelet."""
 
-    def __init__(self, store: Store, kubelet: Kubelet, faults: Faults,
+    def __init__(self, store: Store, kubelet: Kubelet, control: ControlPlane, faults: Faults,
                  bookmark_seconds: float = 60.0) -> None:
         self.store = store
         self.kubelet = kubelet
+        self.control = control
         self.faults = faults
         self.bookmark_seconds = bookmark_seconds
         self.version = kubelet.settings.kubernetes_version
@@ -478,7 +480,7 @@ class ApiServer:
         if resource == "pods":
             return self.kubelet.delete_pod(namespace, name, grace)
         if resource == "namespaces":
-            return self.kubelet.delete_namespace(name)
+            return self.control.delete_namespace(name)
         if resource == "nodes":
             raise ApiError(403, "Forbidden", "the emulated node cannot be deleted")
         removed = self.store.remove(resource, namespace, name)
@@ -576,7 +578,7 @@ class ApiServer:
                                                 request.match_info["name"]))
 
     async def _eviction(self, request: web.Request) -> web.Response:
-        self.kubelet.evict(request.match_info["namespace"], request.match_info["name"])
+        self.control.evict(request.match_info["namespace"], request.match_info["name"])
         return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {},
                                   "status": "Success"}, status=201)
 
@@ -793,12 +795,12 @@ class ApiServer:
         # (the error channel when neither stdout nor stderr was asked for).
         await send(CHANNEL_STDOUT if flag["stdout"] else
                    CHANNEL_STDERR if flag["stderr"] else CHANNEL_ERROR, b"")
-        if resolve_in_sandbox(container.sandbox, command[0], container.env.get("PATH", "")) is None:
+        if resolve_command(container.sandbox, command[0], container.env.get("PATH", "")) is None:
             # What containerd's CRI exec returns, wrapped by the kubelet's streaming
             # server ("error executing command in container") in apierrors.NewInternalError.
             if "/" not in command[0]:
                 lookup = "executable file not found in $PATH"
-            elif (host := _host_path(container.sandbox, command[0])) and host.exists():
+            elif (host := host_path(container.sandbox, command[0])) and host.exists():
                 lookup = "permission denied"
             else:
                 lookup = f"stat {command[0]}: no such file or directory"
@@ -929,12 +931,12 @@ class ApiServer:
 
     async def _admin_node(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.kubelet.set_node_ready(bool(body.get("ready", True)))
+        self.control.set_node_ready(bool(body.get("ready", True)))
         return web.json_response({"ready": self.kubelet.node_ready})
 
     async def _admin_evict(self, request: web.Request) -> web.Response:
         try:
-            self.kubelet.evict(request.match_info["namespace"], request.match_info["name"])
+            self.control.evict(request.match_info["namespace"], request.match_info["name"])
         except ApiError as error:
             return status_response(error)
         return web.json_response({"evicted": True})
@@ -951,10 +953,11 @@ class ApiServer:
         """End watches, log follows and exec sessions (server stop)."""
         self.closing.set()
         self.store.close_all_watches()
+        # A stopping API server drops its connections; a graceful websocket close
+        # would wait for clients that may never answer.
         for stream in list(self._streams):
             if isinstance(stream, web.WebSocketResponse):
-                with contextlib.suppress(Exception):
-                    await stream.close()
+                await self._cut(stream)
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:
