@@ -60,6 +60,12 @@ def _uuid() -> str:
     return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
 
 
+def _capability(name: str) -> str:
+    """`NET_RAW` or `CAP_NET_RAW` as bubblewrap names it."""
+    upper = name.upper()
+    return upper if upper.startswith("CAP_") else "CAP_" + upper
+
+
 def _arch() -> str:
     machine = os.uname().machine
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
@@ -548,12 +554,14 @@ class Kubelet:
         if security.get("privileged"):
             log.warning("privileged container %s runs with the default capabilities only", c.name)
         declared = security.get("capabilities") or {}
-        drops = {("CAP_" + d.upper()).replace("CAP_CAP_", "CAP_") for d in declared.get("drop") or []}
+        drops = {_capability(d) for d in declared.get("drop") or []}
         if "CAP_ALL" in drops:
             caps = set()
         caps -= drops
-        caps |= {("CAP_" + a.upper()).replace("CAP_CAP_", "CAP_") for a in declared.get("add") or []
-                 if ("CAP_" + a.upper()).replace("CAP_CAP_", "CAP_") in sandbox.DEFAULT_CAPABILITIES}
+        # Only runtime-default capabilities can be added: the sandbox shares the host's
+        # network and kernel, so NET_ADMIN or SYS_ADMIN would reach the host.
+        caps |= {_capability(a) for a in declared.get("add") or []} \
+            & set(sandbox.DEFAULT_CAPABILITIES)
         limits = (c.spec.get("resources") or {}).get("limits") or {}
         cgroup = None
         if "memory" in limits:
@@ -648,7 +656,8 @@ class Kubelet:
                 await wait_event(run.stop, 1.0)
                 continue
             self._container_spec(pod, run, c)
-            command = [volumes.expand(a, c.env) for a in c.spec.get("command") or c.profile.entrypoint]
+            command = [volumes.expand(a, c.env)
+                       for a in c.spec.get("command") or c.profile.entrypoint]
             args = [volumes.expand(a, c.env) for a in (c.spec.get("args") if c.spec.get("command")
                                                or c.spec.get("args") else c.profile.cmd) or []]
             if not c.spec.get("command") and c.spec.get("args"):
@@ -656,7 +665,8 @@ class Kubelet:
             argv = command + args
             assert c.sandbox is not None and c.log_path is not None
             assert c.termination_log is not None
-            if not argv or sandbox.resolve_command(c.sandbox, argv[0], c.env.get("PATH", "")) is None:
+            path = c.env.get("PATH", "")
+            if not argv or sandbox.resolve_command(c.sandbox, argv[0], path) is None:
                 what = argv[0] if argv else "no command specified"
                 message = (f"failed to create containerd task: failed to create shim task: OCI "
                            f"runtime create failed: runc create failed: unable to start "

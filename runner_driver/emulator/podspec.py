@@ -20,7 +20,7 @@ from .store import ApiError
 Obj = dict[str, Any]
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-TOKEN_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+TOKEN_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 - a path
 
 
 def _invalid(name: str, causes: list[tuple[str, str, str]]) -> ApiError:
@@ -166,8 +166,8 @@ def apply_defaults(pod: Obj, service_account: Obj | None) -> None:
         automount = service_account.get("automountServiceAccountToken", True)
     volumes = spec.setdefault("volumes", [])
     token_volume = None
-    if automount and not any(m.get("mountPath") == TOKEN_MOUNT_PATH
-                             for c in spec.get("containers", []) for m in c.get("volumeMounts") or []):
+    mounts = [m for c in spec.get("containers", []) for m in c.get("volumeMounts") or []]
+    if automount and not any(m.get("mountPath") == TOKEN_MOUNT_PATH for m in mounts):
         token_volume = "kube-api-access-" + secrets.token_hex(3)[:5]
         volumes.append({"name": token_volume, "projected": {"defaultMode": 420, "sources": [
             {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},

@@ -42,7 +42,8 @@ class _Requirement:
         return not present or value not in self.values  # notin
 
 
-_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _SET_REQ = re.compile(r"^\s*([^\s!=()]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
 
 
@@ -66,7 +67,8 @@ def _split_top_level(text: str) -> list[str]:
 
 def _check_key(key: str, selector: str) -> str:
     if not _LABEL_KEY.match(key) or len(key.rsplit("/", maxsplit=1)[-1]) > 63:
-        raise SelectorError(f"unable to parse requirement: invalid label key \"{key}\" in \"{selector}\"")
+        raise SelectorError(
+            f'unable to parse requirement: invalid label key "{key}" in "{selector}"')
     return key
 
 
@@ -87,10 +89,12 @@ def parse_label_selector(selector: str) -> Callable[[Mapping[str, str]], bool]:
             requirements.append(_Requirement(_check_key(part[1:].strip(), selector), "!"))
         elif "!=" in part:
             key, value = part.split("!=", 1)
-            requirements.append(_Requirement(_check_key(key.strip(), selector), "!=", (value.strip(),)))
+            requirements.append(
+                _Requirement(_check_key(key.strip(), selector), "!=", (value.strip(),)))
         elif "==" in part or "=" in part:
             key, value = re.split(r"==?", part, maxsplit=1)
-            requirements.append(_Requirement(_check_key(key.strip(), selector), "=", (value.strip(),)))
+            requirements.append(
+                _Requirement(_check_key(key.strip(), selector), "=", (value.strip(),)))
         else:
             requirements.append(_Requirement(_check_key(part, selector), "exists"))
 
@@ -142,10 +146,8 @@ def parse_field_selector(
         terms.append((field, negate, value.strip()))
 
     def matches(obj: Mapping[str, Any]) -> bool:
-        for field, negate, value in terms:
-            if (_field_value(obj, field) == value) == negate:
-                return False
-        return True
+        return all((_field_value(obj, field) == value) != negate
+                   for field, negate, value in terms)
 
     return matches
 

@@ -692,7 +692,8 @@ class ApiServer:
         try:
             offset = 0
             lines = path.read_bytes().split(b"\n") if path.exists() else []
-            complete = lines[:-1] if lines and lines[-1] == b"" else lines[:-1]
+            # The last element is empty or a line the kubelet is still writing.
+            complete = lines[:-1]
             offset = sum(len(x) + 1 for x in complete)
             if tail is not None:
                 complete = complete[-tail:] if tail > 0 else []
@@ -741,8 +742,8 @@ class ApiServer:
             raise ApiError(400, "BadRequest", "the emulated cluster speaks only the "
                            "v5.channel.k8s.io and v4.channel.k8s.io exec subprotocols; "
                            f"the client offered {offered}")
-        run, container = self.kubelet.container_for(namespace, name, query.get("container"),
-                                                    "exec")
+        _, container = self.kubelet.container_for(namespace, name, query.get("container"),
+                                                  "exec")
         if request.method != "GET":
             # golang.org/x/net/websocket (under wsstream) refuses any other method this
             # way, after the pod lookup; only SPDY upgrades may be POSTs.
@@ -844,7 +845,7 @@ class ApiServer:
         async def feed() -> None:
             assert process.stdin is not None
             async for message in ws:
-                if message.type != WSMsgType.BINARY and message.type != WSMsgType.TEXT:
+                if message.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
                     continue
                 data = message.data if isinstance(message.data, bytes) else message.data.encode()
                 if not data:
@@ -852,10 +853,8 @@ class ApiServer:
                 channel, payload = data[0], data[1:]
                 if channel == CHANNEL_STDIN and payload and not process.stdin.is_closing():
                     process.stdin.write(payload)
-                    try:
+                    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
                         await process.stdin.drain()
-                    except (ConnectionResetError, BrokenPipeError):
-                        pass
                 elif channel == CHANNEL_CLOSE and v5 and payload[:1] == bytes([CHANNEL_STDIN]):
                     process.stdin.close()
             # The connection ended: stdin ends with it.

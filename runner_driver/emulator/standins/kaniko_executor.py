@@ -9,6 +9,7 @@ Only the standard library may be used here.
 """
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -116,7 +117,8 @@ def credentials(registry: str) -> str:
     ci_registry = os.environ.get("CI_REGISTRY", "")
     if ci_registry and ci_registry.split("://")[-1].rstrip("/") == registry \
             and os.environ.get("CI_REGISTRY_USER") and os.environ.get("CI_REGISTRY_PASSWORD"):
-        return f"CI_REGISTRY_USER/CI_REGISTRY_PASSWORD (built-in GitLab helper, user {os.environ['CI_REGISTRY_USER']})"
+        user = os.environ["CI_REGISTRY_USER"]
+        return f"CI_REGISTRY_USER/CI_REGISTRY_PASSWORD (built-in GitLab helper, user {user})"
     return "none (anonymous)"
 
 
@@ -131,10 +133,9 @@ def tls_context(registry: str, certificates: dict[str, str]) -> ssl.SSLContext:
             for name in sorted(os.listdir(directory)):
                 path = os.path.join(directory, name)
                 if os.path.isfile(path):
-                    try:
+                    # Go skips files that hold no certificate; so does the stand-in.
+                    with contextlib.suppress(ssl.SSLError, ValueError):
                         context.load_verify_locations(cafile=path)
-                    except (ssl.SSLError, ValueError):
-                        pass
     if registry in certificates:
         context.load_verify_locations(cafile=certificates[registry])
     return context
@@ -180,7 +181,8 @@ def main() -> None:
                  "Dockerfile within the build context with --dockerfile")
         print(f"stand-in: would build {path} with context {context}", file=sys.stderr)
     certificates = dict(v.split("=", 1) for v in flags.get("registry-certificate", []) if "=" in v)
-    insecure = set(flags.get("insecure-registry", [])) | set(flags.get("skip-tls-verify-registry", []))
+    insecure = set(flags.get("insecure-registry", []))
+    insecure |= set(flags.get("skip-tls-verify-registry", []))
     skip_all = "true" in flags.get("skip-tls-verify", [])
     failed = False
     for destination in destinations:
