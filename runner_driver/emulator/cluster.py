@@ -25,7 +25,7 @@ from aiohttp import web
 from .controllers import ControlPlane
 from .faults import ExecCut, Faults, RequestFault
 from .kubelet import Kubelet, NodeSettings
-from .sandbox import bwrap_path
+from .sandbox import bwrap_path, remove_cgroup_parent
 from .server import ApiServer
 from .store import Store
 
@@ -94,6 +94,7 @@ class EmulatedCluster:
             await self._runner.cleanup()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        remove_cgroup_parent()
         if self._stopped is not None:
             self._stopped.set()
 

@@ -79,7 +79,7 @@ def bwrap_path() -> str:
 
 def memory_cgroup(name: str, limit_bytes: int) -> Path | None:
     """Create a memory cgroup with a hard limit, or return None where the host forbids it."""
-    root = MEMORY_CGROUP_ROOT / "runner-driver-emulator"
+    root = MEMORY_CGROUP_ROOT / "runner-driver-emulator"  # removed by remove_cgroup_parent
     try:
         root.mkdir(exist_ok=True)
         group = root / name
@@ -103,6 +103,12 @@ def oom_kills(group: Path | None) -> int:
     except OSError:
         pass
     return 0
+
+
+def remove_cgroup_parent() -> None:
+    """Remove the emulator's parent cgroup once no emulator on this host uses it."""
+    with contextlib.suppress(OSError):
+        (MEMORY_CGROUP_ROOT / "runner-driver-emulator").rmdir()
 
 
 def remove_cgroup(group: Path | None) -> None:

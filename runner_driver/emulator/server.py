@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from . import podspec
+from . import podspec, protobuf
 from .controllers import ControlPlane
 from .faults import ExecCut, Faults, RequestFault
 from .kubelet import Kubelet
@@ -380,6 +380,8 @@ class ApiServer:
         return lambda obj: labels(obj["metadata"].get("labels") or {}) and fields(obj)
 
     async def _body(self, request: web.Request) -> Obj:
+        if request.content_type == "application/vnd.kubernetes.protobuf":
+            return protobuf.decode(await request.read())
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -465,7 +467,7 @@ class ApiServer:
             for key, value in (body.pop("stringData", None) or {}).items():
                 data[key] = base64.b64encode(str(value).encode()).decode()
             body["data"] = data
-            body.setdefault("type", "Opaque")
+            body["type"] = body.get("type") or "Opaque"
         elif resource == "namespaces":
             meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta.get("name", "")
             body["spec"] = {"finalizers": ["kubernetes"]}

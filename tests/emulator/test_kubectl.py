@@ -9,6 +9,7 @@ not under test goes through the official kubernetes client.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -541,3 +542,36 @@ def test_wait_for_delete_returns_when_the_pod_is_deleted(
     assert code == 0, stderr
     assert line == b"pod/victim condition met\n"
     assert core.list_namespaced_pod(namespace).items == []
+
+
+def test_kubectl_generators_send_protobuf_that_the_api_decodes(
+        kubectl: Callable[..., subprocess.CompletedProcess[bytes]], core: client.CoreV1Api,
+        namespace: str) -> None:
+    """`kubectl create namespace|secret|configmap|serviceaccount` (protobuf bodies) work."""
+    extra = f"kubectl-{namespace}"
+    assert kubectl("create", "namespace", extra).returncode == 0
+    assert core.read_namespace(extra).status.phase == "Active"
+    created = kubectl("create", "secret", "generic", "creds", "-n", namespace,
+                      "--from-literal=user=bob", "--from-literal=token=s3cret")
+    assert created.returncode == 0, created.stderr
+    secret = core.read_namespaced_secret("creds", namespace)
+    assert secret.type == "Opaque"
+    assert base64.b64decode(secret.data["token"]) == b"s3cret"
+    registry = kubectl("create", "secret", "docker-registry", "pull", "-n", namespace,
+                       "--docker-server=registry.example.com", "--docker-username=u",
+                       "--docker-password=p")
+    assert registry.returncode == 0, registry.stderr
+    pull = core.read_namespaced_secret("pull", namespace)
+    assert pull.type == "kubernetes.io/dockerconfigjson"
+    assert b"registry.example.com" in base64.b64decode(pull.data[".dockerconfigjson"])
+    config_map = kubectl("create", "configmap", "ca", "-n", namespace,
+                         "--from-literal=ca.crt=PEM")
+    assert config_map.returncode == 0, config_map.stderr
+    labelled = kubectl("label", "configmap", "ca", "-n", namespace, "team=ci")
+    assert labelled.returncode == 0, labelled.stderr
+    stored = core.read_namespaced_config_map("ca", namespace)
+    assert (stored.data, stored.metadata.labels) == ({"ca.crt": "PEM"}, {"team": "ci"})
+    account = kubectl("create", "serviceaccount", "builder", "-n", namespace)
+    assert account.returncode == 0, account.stderr
+    assert core.read_namespaced_service_account("builder", namespace).metadata.name == "builder"
+    kubectl("delete", "namespace", extra, "--wait=false")
