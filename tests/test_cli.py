@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client, config
+from kubernetes.stream import stream
 
 from tests.conftest import KANIKO, KANIKO_IDLE, wait_for
 
@@ -130,3 +131,37 @@ def test_demo_runs_a_job_and_says_what_is_emulated() -> None:
     assert "get_sources" in out and "build_script" in out
     assert "job succeeded" in out
     assert time.monotonic() - started < 60
+
+
+def test_local_cluster_runs_without_root(tmp_path: Path) -> None:
+    """As an ordinary user (uid 1000 in a user namespace) pods start and exec works."""
+    kubeconfig = tmp_path / "kubeconfig"
+    process = subprocess.Popen(
+        ["unshare", "--user", "--map-user=1000", "--map-group=1000",
+         *_cli("local-cluster", "--kubeconfig", str(kubeconfig))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(kubeconfig.exists, 20, what="the kubeconfig")
+        api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+        api.create_namespaced_pod("default", {
+            "metadata": {"name": "p"},
+            "spec": {"restartPolicy": "Never", "containers": [
+                {"name": "build", "image": KANIKO, "command": KANIKO_IDLE,
+                 "workingDir": "/workspace/src"}]}})
+        wait_for(lambda: api.read_namespaced_pod("p", "default").status.phase == "Running",
+                 20, what="the pod to run")
+        exec_api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+        session = stream(exec_api.connect_get_namespaced_pod_exec, "p", "default",
+                         command=["/busybox/sh", "-c", "pwd; cat /proc/1/cmdline; exit 4"],
+                         stdout=True, stderr=True, stdin=False, tty=False,
+                         _preload_content=False)
+        session.run_forever(timeout=20)
+        out = session.read_stdout()
+        assert out.startswith("/workspace/src\n")
+        assert "while :; do sleep 1" in out
+        assert session.returncode == 4
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err.decode()
+    assert b"stopped" in err
