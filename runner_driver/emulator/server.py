@@ -1,11 +1,11 @@
-"""The emulated API server: Kubernetes REST, watch, log and websocket exec over real HTTP.
+"""The emulated API server: Kubernetes REST, watches and logs over real HTTP.
 
 It serves what the official Python client and kubectl use (legacy discovery, core v1
 CRUD with Status errors, server-side Table printing for `kubectl get`, chunked
-watches with bookmarks and 410, `pods/log` with follow, `pods/exec` on the
-`v5.channel.k8s.io` and `v4.channel.k8s.io` subprotocols) plus an admin API under
-`/emulator/` for fault injection. Requests are translated into store and kubelet
-operations; this module holds no cluster state of its own.
+watches with bookmarks and 410, `pods/log` with follow) and routes `pods/exec` to
+`execstream`, plus an admin API under `/emulator/` for fault injection. Requests
+become store, kubelet and control-plane operations; this module holds no cluster
+state of its own.
 """
 
 from __future__ import annotations
@@ -17,28 +17,22 @@ import contextlib
 import copy
 import json
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from . import patches, podspec, protobuf, tables
 from .controllers import ControlPlane
+from .execstream import ExecEndpoint, drop
 from .faults import ExecCut, Faults, RequestFault
 from .kubelet import Kubelet
-from .sandbox import host_path, resolve_command, start_exec
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .store import RESOURCES, ApiError, Obj, Store, WatchEvent
 
 log = logging.getLogger("runner_driver.emulator")
 
-CHANNEL_STDIN, CHANNEL_STDOUT, CHANNEL_STDERR, CHANNEL_ERROR, CHANNEL_RESIZE = 0, 1, 2, 3, 4
-CHANNEL_CLOSE = 255
-EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
-CHUNK = 32768
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -60,6 +54,7 @@ class ApiServer:
         self.bookmark_seconds = bookmark_seconds
         self.version = kubelet.settings.kubernetes_version
         self._streams: set[web.StreamResponse] = set()
+        self.exec = ExecEndpoint(kubelet, faults, self._streams)
         self.closing = asyncio.Event()
 
     def app(self) -> web.Application:
@@ -76,7 +71,7 @@ class ApiServer:
         r.add_get("/apis/", self._api_groups)
         r.add_get("/api/v1", self._api_resources)
         r.add_get("/api/v1/", self._api_resources)
-        r.add_route("*", "/api/v1/namespaces/{namespace}/pods/{name}/exec", self._exec)
+        r.add_route("*", "/api/v1/namespaces/{namespace}/pods/{name}/exec", self.exec.handle)
         r.add_route("*", "/api/v1/namespaces/{namespace}/pods/{name}/log", self._log)
         r.add_post("/api/v1/namespaces/{namespace}/pods/{name}/eviction", self._eviction)
         r.add_get("/api/v1/namespaces/{namespace}/pods/{name}/status", self._pod_status)
@@ -579,185 +574,6 @@ class ApiServer:
 
     # Exec
 
-    async def _exec(self, request: web.Request) -> web.StreamResponse:
-        namespace, name = request.match_info["namespace"], request.match_info["name"]
-        upgrade = request.headers.get("Upgrade", "").lower()
-        if upgrade.startswith("spdy"):
-            raise ApiError(400, "BadRequest", "SPDY streams are not supported by the emulated "
-                           "cluster; use the websocket protocols v5.channel.k8s.io or "
-                           "v4.channel.k8s.io")
-        if upgrade != "websocket":
-            raise ApiError(400, "BadRequest", "Upgrade request required")
-        query = request.query
-        command = query.getall("command", [])
-        if not command:
-            raise ApiError(400, "BadRequest", "you must specify at least 1 command")
-        flag = {k: query.get(k) in ("true", "1") for k in ("stdin", "stdout", "stderr", "tty")}
-        if not (flag["stdin"] or flag["stdout"] or flag["stderr"]):
-            raise ApiError(400, "BadRequest",
-                           "you must specify at least 1 of stdin, stdout, stderr")
-        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-        if not any(p in EXEC_PROTOCOLS for p in offered):
-            raise ApiError(400, "BadRequest", "the emulated cluster speaks only the "
-                           "v5.channel.k8s.io and v4.channel.k8s.io exec subprotocols; "
-                           f"the client offered {offered}")
-        _, container = self.kubelet.container_for(namespace, name, query.get("container"),
-                                                  "exec")
-        if request.method != "GET":
-            # golang.org/x/net/websocket (under wsstream) refuses any other method this
-            # way, after the pod lookup; only SPDY upgrades may be POSTs.
-            return web.Response(status=405, text="bad method")
-        # A v5 offer is terminated by the API server itself, which speaks only v5 there,
-        # whatever the client's order; otherwise the kubelet's v4 answers.
-        chosen = EXEC_PROTOCOLS[0] if EXEC_PROTOCOLS[0] in offered else EXEC_PROTOCOLS[1]
-        ws = web.WebSocketResponse(protocols=(chosen,), autoping=True, max_msg_size=0,
-                                   compress=False)
-        await ws.prepare(request)
-        self._streams.add(ws)
-        v5 = ws.ws_protocol == "v5.channel.k8s.io"
-        assert container.sandbox is not None
-        try:
-            await self._run_exec(ws, v5, container, command, flag)
-        finally:
-            self._streams.discard(ws)
-        return ws
-
-    async def _run_exec(self, ws: web.WebSocketResponse, v5: bool, container: Any,
-                        command: list[str], flag: dict[str, bool]) -> None:
-        cut = self.faults.take_exec_cut()
-        started = time.monotonic()
-        sent_bytes = 0
-        closed_by_fault = False
-
-        async def send(channel: int, data: bytes) -> None:
-            nonlocal sent_bytes, closed_by_fault
-            if closed_by_fault:
-                return
-            if cut is not None and channel in (CHANNEL_STDOUT, CHANNEL_STDERR):
-                if cut.after_bytes is not None and sent_bytes + len(data) > cut.after_bytes:
-                    keep = max(0, cut.after_bytes - sent_bytes)
-                    if keep:
-                        await ws.send_bytes(bytes([channel]) + data[:keep])
-                    sent_bytes += keep
-                    await self._cut(ws)
-                    closed_by_fault = True
-                    return
-                if cut.after_seconds is not None \
-                        and time.monotonic() - started > cut.after_seconds:
-                    await self._cut(ws)
-                    closed_by_fault = True
-                    return
-            await ws.send_bytes(bytes([channel]) + data)
-            if channel in (CHANNEL_STDOUT, CHANNEL_STDERR):
-                sent_bytes += len(data)
-
-        # The API server first sends an empty frame on the lowest writable channel
-        # (the error channel when neither stdout nor stderr was asked for).
-        await send(CHANNEL_STDOUT if flag["stdout"] else
-                   CHANNEL_STDERR if flag["stderr"] else CHANNEL_ERROR, b"")
-        if resolve_command(container.sandbox, command[0], container.env.get("PATH", "")) is None:
-            # What containerd's CRI exec returns, wrapped by the kubelet's streaming
-            # server ("error executing command in container") in apierrors.NewInternalError.
-            if "/" not in command[0]:
-                lookup = "executable file not found in $PATH"
-            elif (host := host_path(container.sandbox, command[0])) and host.exists():
-                lookup = "permission denied"
-            else:
-                lookup = f"stat {command[0]}: no such file or directory"
-            cause = (f"error executing command in container: failed to exec in container: "
-                     f'failed to start exec "{secrets.token_hex(32)}": OCI runtime exec '
-                     f"failed: exec failed: unable to start container process: exec: "
-                     f'"{command[0]}": {lookup}: unknown')
-            await send(CHANNEL_ERROR, json.dumps({
-                "metadata": {}, "status": "Failure",
-                "message": f"Internal error occurred: {cause}",
-                "reason": "InternalError", "code": 500,
-                "details": {"causes": [{"message": cause}]}}).encode())
-            await ws.close()
-            return
-        try:
-            process = await start_exec(container.sandbox, container.pid, command, container.env,
-                                       container.cwd, with_stdin=flag["stdin"])
-        except (ProcessLookupError, FileNotFoundError, PermissionError) as error:
-            message = f"error executing command in container: container is not running: {error}"
-            await send(CHANNEL_ERROR, json.dumps({
-                "metadata": {}, "status": "Failure", "message": message,
-                "reason": "InternalError", "code": 500}).encode())
-            await ws.close()
-            return
-
-        async def pump(stream: asyncio.StreamReader | None, channel: int, wanted: bool) -> None:
-            if stream is None:
-                return
-            while True:
-                chunk = await stream.read(CHUNK)
-                if not chunk:
-                    return
-                if wanted and not ws.closed:
-                    try:
-                        await send(channel, chunk)
-                    except (ConnectionResetError, RuntimeError):
-                        # The client went away: keep draining so the process is not
-                        # blocked on a full pipe, as a runtime would.
-                        wanted = False
-
-        async def feed() -> None:
-            assert process.stdin is not None
-            async for message in ws:
-                if message.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
-                    continue
-                data = message.data if isinstance(message.data, bytes) else message.data.encode()
-                if not data:
-                    continue
-                channel, payload = data[0], data[1:]
-                if channel == CHANNEL_STDIN and payload and not process.stdin.is_closing():
-                    process.stdin.write(payload)
-                    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-                        await process.stdin.drain()
-                elif channel == CHANNEL_CLOSE and v5 and payload[:1] == bytes([CHANNEL_STDIN]):
-                    process.stdin.close()
-            # The connection ended: stdin ends with it.
-            if not process.stdin.is_closing():
-                process.stdin.close()
-
-        feeder = asyncio.ensure_future(feed()) if flag["stdin"] else None
-        reader = None if feeder else asyncio.ensure_future(self._drain_client(ws))
-        await asyncio.gather(pump(process.stdout, CHANNEL_STDOUT, flag["stdout"] or flag["tty"]),
-                             pump(process.stderr, CHANNEL_STDERR, flag["stderr"]))
-        code = await process.wait()
-        if code < 0:
-            code = 128 - code
-        if not ws.closed and not closed_by_fault:
-            if code == 0:
-                status: Obj = {"metadata": {}, "status": "Success"}
-            else:
-                status = {"metadata": {}, "status": "Failure",
-                          "message": f"command terminated with non-zero exit code: error "
-                                     f"executing command [{' '.join(command)}], exit code {code}",
-                          "reason": "NonZeroExitCode",
-                          "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
-            with contextlib.suppress(ConnectionResetError, RuntimeError):
-                await ws.send_bytes(bytes([CHANNEL_ERROR]) + json.dumps(status).encode())
-                await ws.close()
-        for task in (feeder, reader):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-
-    @staticmethod
-    async def _drain_client(ws: web.WebSocketResponse) -> None:
-        async for _ in ws:
-            pass
-
-    @staticmethod
-    async def _cut(ws: web.WebSocketResponse) -> None:
-        # An abrupt drop, as a load balancer or a restarting API server does it: no
-        # close frame, no status.
-        transport = ws._req.transport if ws._req is not None else None
-        if transport is not None:
-            transport.abort()
-
     # Admin API
 
     async def _admin_fault(self, request: web.Request) -> web.Response:
@@ -815,4 +631,4 @@ class ApiServer:
         # would wait for clients that may never answer.
         for stream in list(self._streams):
             if isinstance(stream, web.WebSocketResponse):
-                await self._cut(stream)
+                await drop(stream)
