@@ -6,6 +6,7 @@ or real `kubectl`, never through patched clients.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client, config
+from kubernetes.stream import stream
 
 from runner_driver.emulator import EmulatedCluster, NodeSettings
 
@@ -124,6 +126,44 @@ def wait_running(core: client.CoreV1Api, namespace: str, name: str,
         return None
 
     return wait_for(running, timeout, what=f"pod {namespace}/{name} to run")
+
+
+# Exec through the official client, in binary mode so bytes arrive unchanged.
+
+
+def open_session(api: client.CoreV1Api, namespace: str, pod: str, command: list[str],
+                 container: str | None = None, stdin: bool = False,
+                 headers: dict[str, str] | None = None) -> Any:
+    """Start an exec with the official client in binary mode; returns its WSClient."""
+    kwargs: dict[str, Any] = {"command": command, "stdin": stdin, "stdout": True,
+                              "stderr": True, "tty": False, "binary": True,
+                              "_preload_content": False}
+    if container is not None:
+        kwargs["container"] = container
+    if headers is not None:
+        kwargs["_headers"] = headers
+    return stream(api.connect_get_namespaced_pod_exec, pod, namespace, **kwargs)
+
+
+def take(session: Any, out: bytearray, err: bytearray) -> None:
+    """Move whatever the client buffered for stdout and stderr into our buffers."""
+    if session.peek_channel(1):
+        out += session.read_channel(1)
+    if session.peek_channel(2):
+        err += session.read_channel(2)
+
+
+def finish(session: Any, timeout: float = 30.0) -> tuple[bytes, bytes, Any]:
+    """Read a client session to its end: stdout, stderr and the channel-3 Status."""
+    out, err = bytearray(), bytearray()
+    deadline = time.monotonic() + timeout
+    while session.is_open():
+        assert time.monotonic() < deadline, "exec session did not end"
+        session.update(timeout=1)
+        take(session, out, err)
+    take(session, out, err)
+    raw = session.peek_channel(3)  # peek, so that `returncode` can still read it
+    return bytes(out), bytes(err), json.loads(raw) if raw else None
 
 
 @pytest.fixture(scope="session")

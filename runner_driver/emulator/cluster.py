@@ -15,7 +15,7 @@ import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,7 +54,6 @@ class EmulatedCluster:
         self._control: ControlPlane | None = None
         self._server: ApiServer | None = None
         self._store: Store | None = None
-        self._stopped: asyncio.Event | None = None
 
     @property
     def url(self) -> str:
@@ -82,7 +81,6 @@ class EmulatedCluster:
         await site.start()
         self._kubelet.start()
         self._control.start()
-        self._stopped = asyncio.Event()
 
     async def stop_async(self) -> None:
         """Stop serving, kill every sandbox and remove the working directory."""
@@ -95,8 +93,6 @@ class EmulatedCluster:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
         remove_cgroup_parent()
-        if self._stopped is not None:
-            self._stopped.set()
 
     def start(self) -> EmulatedCluster:
         """Start on a background thread and return once the API answers."""
@@ -151,11 +147,6 @@ class EmulatedCluster:
             return function()
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(30)
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the cluster's loop and return its result."""
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(60)
 
     # Access
 

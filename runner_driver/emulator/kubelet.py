@@ -409,7 +409,7 @@ class Kubelet:
                 waiting += 1
         init_failed = any("terminated" in c.state and c.state["terminated"]["exitCode"] != 0
                           for c in inits) and policy == "Never"
-        if run.status_reason in ("DeadlineExceeded",) or init_failed:
+        if run.status_reason == "DeadlineExceeded" or init_failed:
             phase = "Failed"
         elif waiting or not mains:
             phase = "Pending"

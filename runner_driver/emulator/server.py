@@ -544,35 +544,35 @@ class ApiServer:
             return limit is None or sent < limit
 
         try:
-            offset = 0
-            lines = path.read_bytes().split(b"\n") if path.exists() else []
-            # The last element is empty or a line the kubelet is still writing.
-            complete = lines[:-1]
-            offset = sum(len(x) + 1 for x in complete)
-            if tail is not None:
-                complete = complete[-tail:] if tail > 0 else []
-            for line in complete:
-                rendered = render(line)
-                if rendered is not None and not await emit(rendered):
-                    return response
-            while follow and not self.closing.is_set():
-                exited = container.exited.is_set() and all(t.done() for t in container.log_writers)
-                data = path.read_bytes()[offset:] if path.exists() else b""
-                *new, _rest = data.split(b"\n")
-                for line in new:
-                    offset += len(line) + 1
+            # One handle for the whole request: following reads only what was appended,
+            # and keeps working if the pod's directory is removed meanwhile.
+            with path.open("rb") as handle:
+                # The last element is empty or a line the kubelet is still writing.
+                *complete, partial = handle.read().split(b"\n")
+                offset = handle.tell() - len(partial)
+                if tail is not None:
+                    complete = complete[-tail:] if tail > 0 else []
+                for line in complete:
                     rendered = render(line)
                     if rendered is not None and not await emit(rendered):
                         return response
-                if exited or (run.namespace, run.name) not in self.kubelet.runs:
-                    break
-                await asyncio.sleep(0.05)
+                while follow and not self.closing.is_set():
+                    exited = container.exited.is_set() and all(
+                        t.done() for t in container.log_writers)
+                    handle.seek(offset)
+                    *new, _ = handle.read().split(b"\n")
+                    for line in new:
+                        offset += len(line) + 1
+                        rendered = render(line)
+                        if rendered is not None and not await emit(rendered):
+                            return response
+                    if exited or (run.namespace, run.name) not in self.kubelet.runs:
+                        break
+                    await asyncio.sleep(0.05)
             await response.write_eof()
-        except ConnectionResetError:
+        except (ConnectionResetError, FileNotFoundError):
             pass
         return response
-
-    # Exec
 
     # Admin API
 

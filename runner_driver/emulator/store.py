@@ -103,11 +103,6 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def now_rfc3339_micro() -> str:
-    """Current time with microseconds, as used by `MicroTime` fields."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 @dataclass
 class WatchEvent:
     """One change, as stored in history and sent to watchers."""

@@ -27,10 +27,9 @@ import pytest
 import websocket
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from kubernetes.stream import stream
 
 from runner_driver.emulator import EmulatedCluster
-from tests.conftest import job_pod, wait_for, wait_running
+from tests.conftest import finish, job_pod, open_session, take, wait_for, wait_running
 
 V5, V4 = "v5.channel.k8s.io", "v4.channel.k8s.io"
 STDIN, STDOUT, STDERR, ERROR, CLOSE = 0, 1, 2, 3, 255
@@ -132,41 +131,6 @@ def handshake(cluster: EmulatedCluster, path: str, method: str = "GET",
 
 
 # Official-client helpers
-
-
-def open_session(api: client.CoreV1Api, namespace: str, pod: str, command: list[str],
-                 container: str | None = None, stdin: bool = False,
-                 headers: dict[str, str] | None = None) -> Any:
-    """Start an exec with the official client in binary mode; returns its WSClient."""
-    kwargs: dict[str, Any] = {"command": command, "stdin": stdin, "stdout": True,
-                              "stderr": True, "tty": False, "binary": True,
-                              "_preload_content": False}
-    if container is not None:
-        kwargs["container"] = container
-    if headers is not None:
-        kwargs["_headers"] = headers
-    return stream(api.connect_get_namespaced_pod_exec, pod, namespace, **kwargs)
-
-
-def take(session: Any, out: bytearray, err: bytearray) -> None:
-    """Move whatever the client buffered for stdout and stderr into our buffers."""
-    if session.peek_channel(STDOUT):
-        out += session.read_channel(STDOUT)
-    if session.peek_channel(STDERR):
-        err += session.read_channel(STDERR)
-
-
-def finish(session: Any, timeout: float = 30.0) -> tuple[bytes, bytes, Any]:
-    """Read a client session to its end: stdout, stderr and the channel-3 Status."""
-    out, err = bytearray(), bytearray()
-    deadline = time.monotonic() + timeout
-    while session.is_open():
-        assert time.monotonic() < deadline, "exec session did not end"
-        session.update(timeout=1)
-        take(session, out, err)
-    take(session, out, err)
-    raw = session.peek_channel(ERROR)  # peek, so that `returncode` can still read it
-    return bytes(out), bytes(err), json.loads(raw) if raw else None
 
 
 def run(api: client.CoreV1Api, namespace: str, pod: str, command: list[str],

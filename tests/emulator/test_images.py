@@ -14,31 +14,27 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.stream import stream
 
 from runner_driver.emulator import images
-from tests.conftest import HELPER, KANIKO, job_pod, wait_for, wait_running
+from tests.conftest import (
+    HELPER,
+    KANIKO,
+    finish,
+    job_pod,
+    open_session,
+    wait_for,
+    wait_running,
+)
 
 
 def run(api: client.CoreV1Api, namespace: str, pod: str, container: str,
         command: list[str]) -> tuple[int, str, str]:
-    """Exec a command and return its exit code, stdout and stderr."""
-    session = stream(api.connect_get_namespaced_pod_exec, pod, namespace, container=container,
-                     command=command, stdout=True, stderr=True, stdin=False, tty=False,
-                     binary=True, _preload_content=False)
-    out, err = b"", b""
-    while session.is_open():
-        session.update(timeout=1)
-        if session.peek_channel(1):
-            out += session.read_channel(1)
-        if session.peek_channel(2):
-            err += session.read_channel(2)
-    status = json.loads(session.read_channel(3) or b"{}")
-    session.close()
-    if status.get("status") == "Success":
+    """Exec a command and return its exit code (-1 when it could not start), stdout, stderr."""
+    out, err, status = finish(open_session(api, namespace, pod, command, container))
+    if status and status.get("status") == "Success":
         code = 0
     else:
-        causes = status.get("details", {}).get("causes", [])
+        causes = (status or {}).get("details", {}).get("causes", [])
         code = next((int(c["message"]) for c in causes if c.get("reason") == "ExitCode"), -1)
     return code, out.decode(), err.decode()
 

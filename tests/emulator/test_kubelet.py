@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from runner_driver.emulator import EmulatedCluster, NodeSettings
+from runner_driver.emulator import EmulatedCluster, NodeSettings, sandbox
 from tests.conftest import wait_for, wait_running
 
 BUSYBOX = "busybox:1.36"
@@ -480,16 +480,17 @@ def test_secret_config_projected_volumes_modes_and_read_only(
 # Memory
 
 def _memory_cgroups_allowed() -> bool:
-    probe = MEMORY_CGROUPS / "runner-driver-emulator"
-    return MEMORY_CGROUPS.is_dir() and os.access(MEMORY_CGROUPS, os.W_OK) and (
-        not probe.exists() or os.access(probe, os.W_OK))
+    """Whether the emulator can create a limited memory cgroup here, as it does per container."""
+    probe = sandbox.memory_cgroup(f"probe-{os.getpid()}", 64 * 1024 * 1024)
+    sandbox.remove_cgroup(probe)
+    return probe is not None
 
 
 def test_memory_limit_exceeded_is_oom_killed(core: client.CoreV1Api, namespace: str) -> None:
     """A container allocating past limits.memory is Terminated OOMKilled with exit code 137."""
     if not _memory_cgroups_allowed():
-        pytest.skip(f"{MEMORY_CGROUPS} is missing or not writable: the host forbids memory "
-                    "cgroups, so no limit can be enforced (oom_kill is tested separately)")
+        pytest.skip(f"the host forbids creating memory cgroups under {MEMORY_CGROUPS}, so "
+                    "no memory limit can be enforced (the oom_kill fault is tested below)")
     # `tail` holds its whole input when it has no newline to split on.
     body = pod_body("greedy", ["sh", "-c", "head -c 100000000 /dev/zero | tail; echo survived"])
     main_container(body)["resources"] = {"limits": {"memory": "32Mi"}}
