@@ -23,6 +23,7 @@ import yaml
 from aiohttp import web
 
 from .controllers import ControlPlane
+from .execstream import EXEC_PROTOCOLS
 from .faults import ExecCut, Faults, RequestFault
 from .kubelet import Kubelet, NodeSettings
 from .sandbox import bwrap_path, remove_cgroup_parent
@@ -39,8 +40,10 @@ class EmulatedCluster:
     """
 
     def __init__(self, port: int = 0, node: NodeSettings | None = None,
-                 bookmark_seconds: float = 60.0, history_limit: int = 2000) -> None:
+                 bookmark_seconds: float = 60.0, history_limit: int = 2000,
+                 exec_protocols: tuple[str, ...] = EXEC_PROTOCOLS) -> None:
         self._requested_port = port
+        self.exec_protocols = exec_protocols
         self.node_settings = node or NodeSettings()
         self.bookmark_seconds = bookmark_seconds
         self.history_limit = history_limit
@@ -73,7 +76,7 @@ class EmulatedCluster:
         self._kubelet = Kubelet(self._store, self.node_settings, self.workdir, self.port)
         self._control = ControlPlane(self._store, self._kubelet)
         self._server = ApiServer(self._store, self._kubelet, self._control, self.faults,
-                                 self.bookmark_seconds)
+                                 self.bookmark_seconds, self.exec_protocols)
         self._runner = web.AppRunner(self._server.app(), handle_signals=False,
                                      shutdown_timeout=2.0)
         await self._runner.setup()

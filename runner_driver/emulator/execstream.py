@@ -33,11 +33,14 @@ CHUNK = 32768
 class ExecEndpoint:
     """Serves exec sessions; `streams` is the server's set of open long-lived responses."""
 
-    def __init__(self, kubelet: Kubelet, faults: Faults,
-                 streams: set[web.StreamResponse]) -> None:
+    def __init__(self, kubelet: Kubelet, faults: Faults, streams: set[web.StreamResponse],
+                 protocols: tuple[str, ...] = EXEC_PROTOCOLS) -> None:
         self.kubelet = kubelet
         self.faults = faults
         self._streams = streams
+        # Newest first; ("v4.channel.k8s.io",) is an API server before Kubernetes 1.30,
+        # where stdin can only end by closing the whole connection.
+        self.protocols = protocols
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Serve one `pods/exec` request: validate, upgrade, run, stream, report."""
@@ -58,7 +61,7 @@ class ExecEndpoint:
             raise ApiError(400, "BadRequest",
                            "you must specify at least 1 of stdin, stdout, stderr")
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-        if not any(p in EXEC_PROTOCOLS for p in offered):
+        if not any(p in self.protocols for p in offered):
             raise ApiError(400, "BadRequest", "the emulated cluster speaks only the "
                            "v5.channel.k8s.io and v4.channel.k8s.io exec subprotocols; "
                            f"the client offered {offered}")
@@ -70,7 +73,7 @@ class ExecEndpoint:
             return web.Response(status=405, text="bad method")
         # A v5 offer is terminated by the API server itself, which speaks only v5 there,
         # whatever the client's order; otherwise the kubelet's v4 answers.
-        chosen = EXEC_PROTOCOLS[0] if EXEC_PROTOCOLS[0] in offered else EXEC_PROTOCOLS[1]
+        chosen = next(p for p in self.protocols if p in offered)
         ws = web.WebSocketResponse(protocols=(chosen,), autoping=True, max_msg_size=0,
                                    compress=False)
         await ws.prepare(request)

@@ -47,9 +47,9 @@ class ExecCut:
     after_seconds: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class LoggedRequest:
-    """One API request as the emulator saw it."""
+    """One API request as the emulator saw it; `status` is 0 while it is still open."""
 
     at: float
     method: str
@@ -100,9 +100,12 @@ class Faults:
                 return cut
         return None
 
-    def record(self, method: str, path: str, verb: str, resource: str, status: int) -> None:
-        """Append one request to the log."""
-        self.log.append(LoggedRequest(time.time(), method, path, verb, resource, status))
+    def record(self, method: str, path: str, verb: str, resource: str,
+               status: int = 0) -> LoggedRequest:
+        """Append one request to the log when it arrives (watches and execs stay open)."""
+        entry = LoggedRequest(time.time(), method, path, verb, resource, status)
+        self.log.append(entry)
+        return entry
 
     def counts(self) -> dict[str, int]:
         """Requests per `verb resource` (e.g. `create pods`, `get pods/exec`)."""

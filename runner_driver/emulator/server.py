@@ -25,7 +25,7 @@ from aiohttp import web
 
 from . import patches, podspec, protobuf, tables
 from .controllers import ControlPlane
-from .execstream import ExecEndpoint, drop
+from .execstream import EXEC_PROTOCOLS, ExecEndpoint, drop
 from .faults import ExecCut, Faults, RequestFault
 from .kubelet import Kubelet
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
@@ -46,7 +46,8 @@ class ApiServer:
     """HTTP routes over a store and a kubelet."""
 
     def __init__(self, store: Store, kubelet: Kubelet, control: ControlPlane, faults: Faults,
-                 bookmark_seconds: float = 60.0) -> None:
+                 bookmark_seconds: float = 60.0,
+                 exec_protocols: tuple[str, ...] = EXEC_PROTOCOLS) -> None:
         self.store = store
         self.kubelet = kubelet
         self.control = control
@@ -54,7 +55,7 @@ class ApiServer:
         self.bookmark_seconds = bookmark_seconds
         self.version = kubelet.settings.kubernetes_version
         self._streams: set[web.StreamResponse] = set()
-        self.exec = ExecEndpoint(kubelet, faults, self._streams)
+        self.exec = ExecEndpoint(kubelet, faults, self._streams, exec_protocols)
         self.closing = asyncio.Event()
 
     def app(self) -> web.Application:
@@ -124,6 +125,7 @@ class ApiServer:
             return await handler(request)
         verb, resource = self._classify(request)
         fault = self.faults.take_request_fault(request.method, request.path)
+        entry = self.faults.record(request.method, request.path, verb, resource)
         status = 0
         try:
             if fault is not None:
@@ -158,7 +160,7 @@ class ApiServer:
             status = result.status
             return result
         finally:
-            self.faults.record(request.method, request.path, verb, resource, status)
+            entry.status = status
 
     # Discovery
 
