@@ -1,0 +1,78 @@
+"""Driver logs: structlog to stderr, one context per stage, secrets never shown.
+
+gitlab-runner shows a stage's stderr in the job log (and cleanup's in its own log),
+while stdout is protocol (`config`) or the job's own output (`run`). So every driver
+log line goes to stderr, is short, carries the stage, job and pod once bound, and has
+every known secret value replaced before it is rendered. This module must not print
+to stdout.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "[MASKED]"
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
+class Redactor:
+    """A structlog processor that masks known secret values wherever they appear."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+
+    def mask(self, text: str) -> str:
+        """`text` with every secret value replaced."""
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def __call__(self, _logger: Any, _method: str,
+                 event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in list(event.items()):
+            if isinstance(value, str):
+                event[key] = self.mask(value)
+            elif not isinstance(value, int | float | bool | type(None)):
+                event[key] = self.mask(str(value))
+        return event
+
+
+def configure(level: str = "warning", fmt: str = "console", secrets: Iterable[str] = (),
+              stream: TextIO | None = None) -> Redactor:
+    """Send structlog events at `level` or above to stderr, masking `secrets`."""
+    redactor = Redactor(secrets)
+    renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
+                     else structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            # Render tracebacks to text before masking: an exception's message may
+            # carry a secret, and the renderers would format exc_info after the redactor.
+            structlog.processors.format_exc_info,
+            redactor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.WARNING)),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    return redactor
+
+
+def bind(**context: str) -> None:
+    """Attach context (stage, job_id, pod) to every later event of this process."""
+    structlog.contextvars.bind_contextvars(**context)
+
+
+def get() -> Any:
+    """The driver's logger."""
+    return structlog.get_logger("runner-driver")

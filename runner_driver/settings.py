@@ -1,0 +1,247 @@
+"""The driver's settings: one frozen value, parsed once from TOML before any API call.
+
+Platform teams tune the driver in a TOML file (`--config`, else `$RUNNER_DRIVER_CONFIG`,
+else `/etc/runner-driver/config.toml`; with no file the built-in defaults apply).
+Mistakes must surface as one line naming the file and the dotted key, before a pod
+exists: unknown keys, wrong types and impossible values are all refused here. This
+module must not read the job's environment (that is `runner_env`) or talk to the
+cluster. `config.example.toml` documents every key; a test loads it through `load`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/runner-driver/config.toml")
+CONFIG_ENV = "RUNNER_DRIVER_CONFIG"
+
+KANIKO_DEBUG_IMAGE = "gcr.io/kaniko-project/executor:v1.23.2-debug"
+HELPER_IMAGE = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:x86_64-v17.0.0"
+# The kaniko debug images of upstream and of the maintained forks: the only images
+# that carry busybox under /busybox next to the executor, which the pod relies on.
+DEFAULT_ALLOWED_IMAGES = (
+    "gcr.io/kaniko-project/executor:*debug*",
+    "ghcr.io/osscontainertools/kaniko:*debug*",
+    "martizih/kaniko:*debug*",
+    "docker.io/martizih/kaniko:*debug*",
+    "cgr.dev/chainguard/kaniko:*debug*",
+)
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """How to reach the cluster; empty strings mean "as every Kubernetes tool does"."""
+
+    kubeconfig: str = ""
+    context: str = ""
+    namespace: str = ""
+    request_timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """Shape of the job pod that is not tied to one container."""
+
+    builds_dir: str = "/builds"
+    cache_dir: str = "/cache"
+    scratch_dir: str = "/scratch"
+    start_timeout_seconds: float = 300.0
+    termination_grace_period_seconds: int = 10
+    default_job_timeout_seconds: int = 3600
+    deadline_margin_seconds: int = 900
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """The `build` container, where `script:` runs."""
+
+    image: str = KANIKO_DEBUG_IMAGE
+    allowed_images: tuple[str, ...] = DEFAULT_ALLOWED_IMAGES
+
+
+@dataclass(frozen=True)
+class HelperSettings:
+    """The `helper` container, where git, cache and artifact stages run."""
+
+    image: str = HELPER_IMAGE
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    """Driver logs on stderr (which gitlab-runner shows in the job log)."""
+
+    level: str = "warning"
+    format: str = "console"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the operator can tune; see config.example.toml."""
+
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    pod: PodSettings = field(default_factory=PodSettings)
+    build: BuildSettings = field(default_factory=BuildSettings)
+    helper: HelperSettings = field(default_factory=HelperSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    source: str = "built-in defaults"
+
+
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("console", "json")
+
+
+def config_path(cli_path: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The file to read: `--config`, else $RUNNER_DRIVER_CONFIG, else the default if present.
+
+    An explicitly named file must exist; only the default location may be absent.
+    """
+    if cli_path is not None:
+        return cli_path
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    return DEFAULT_PATH if DEFAULT_PATH.exists() else None
+
+
+def load(path: Path | None) -> Settings:
+    """Parse and check a settings file; `None` gives the built-in defaults.
+
+    Raises:
+        ConfigError: naming the file and the dotted key at fault.
+    """
+    if path is None:
+        return Settings()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"reading driver config {path}: {error.strerror or error}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"reading driver config {path}: invalid TOML: {error}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"reading driver config {path}: not UTF-8 text: {error}") from error
+    settings = _build(Settings, raw, path, "")
+    settings = replace(settings, source=str(path))
+    _check(settings, path)
+    return settings
+
+
+def load_from(cli_path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """`load` the file `config_path` picks."""
+    return load(config_path(cli_path, os.environ if environ is None else environ))
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], raw: Mapping[str, Any], path: Path, prefix: str) -> T:
+    assert is_dataclass(cls)
+    known = {f.name: f for f in fields(cls) if f.name != "source"}
+    for key in raw:
+        if key not in known:
+            where = f"{prefix}{key}"
+            raise ConfigError(f"reading driver config {path}: {where}: unknown key "
+                              f"(known here: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for name in known:
+        if name not in raw:
+            continue
+        dotted = f"{prefix}{name}"
+        hint = hints[name]
+        value = raw[name]
+        if is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"reading driver config {path}: {dotted}: expected a table, "
+                                  f"got {_kind(value)}")
+            values[name] = _build(typing.cast(type[Any], hint), value, path, f"{dotted}.")
+        else:
+            values[name] = _coerce(hint, value, path, dotted)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, path: Path, dotted: str) -> Any:
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"reading driver config {path}: {dotted}: expected {expected}, "
+                           f"got {_kind(value)}")
+
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise fail("a number")
+        if isinstance(value, float) and not math.isfinite(value):  # TOML has nan and inf
+            raise ConfigError(f"reading driver config {path}: {dotted}: expected a finite "
+                              f"number, got {value}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise fail("a list of strings")
+        return tuple(value)
+    if origin in (dict, types.MappingProxyType):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise fail("a table of strings")
+        return dict(value)
+    raise TypeError(f"settings field {dotted} has an unsupported type {hint!r}")
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _check(settings: Settings, path: Path) -> None:
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(f"reading driver config {path}: {key}: {message}")
+
+    pod = settings.pod
+    for key in ("builds_dir", "cache_dir", "scratch_dir"):
+        value = getattr(pod, key)
+        if not value.startswith("/") or value.rstrip("/") in ("", "/tmp"):
+            raise fail(f"pod.{key}", f"must be an absolute path other than / and /tmp, "
+                                     f"got {value!r}")
+    dirs = [pod.builds_dir.rstrip("/"), pod.cache_dir.rstrip("/"), pod.scratch_dir.rstrip("/")]
+    if len(set(dirs)) != 3 or any(a != b and b.startswith(a + "/") for a in dirs for b in dirs):
+        raise fail("pod", "builds_dir, cache_dir and scratch_dir must be separate directories, "
+                          "none inside another")
+    for key in ("start_timeout_seconds",):
+        if getattr(pod, key) <= 0:
+            raise fail(f"pod.{key}", "must be greater than 0")
+    for key in ("termination_grace_period_seconds", "deadline_margin_seconds"):
+        if getattr(pod, key) < 0:
+            raise fail(f"pod.{key}", "must not be negative")
+    if pod.default_job_timeout_seconds <= 0:
+        raise fail("pod.default_job_timeout_seconds", "must be greater than 0")
+    if settings.kubernetes.request_timeout_seconds <= 0:
+        raise fail("kubernetes.request_timeout_seconds", "must be greater than 0")
+    if not settings.build.image:
+        raise fail("build.image", "must not be empty")
+    if not settings.helper.image:
+        raise fail("helper.image", "must not be empty")
+    if settings.logging.level not in LEVELS:
+        raise fail("logging.level", f"must be one of {', '.join(LEVELS)}, "
+                                    f"got {settings.logging.level!r}")
+    if settings.logging.format not in FORMATS:
+        raise fail("logging.format", f"must be one of {', '.join(FORMATS)}, "
+                                     f"got {settings.logging.format!r}")
+

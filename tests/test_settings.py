@@ -1,0 +1,383 @@
+"""The driver's settings: the example file, error messages, finding the file, immutability."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner_driver import settings
+from runner_driver.errors import ConfigError
+from runner_driver.settings import Settings
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+
+
+def _sections() -> list[tuple[str, type[Any]]]:
+    """The settings model's sections: (name, dataclass), in declaration order."""
+    hints = typing.get_type_hints(Settings)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(Settings)
+            if dataclasses.is_dataclass(hints[f.name])]
+
+
+SECTION_KEYS = [(section, f.name) for section, cls in _sections()
+                for f in dataclasses.fields(cls)]
+
+
+def _write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _section_text(text: str, section: str) -> str:
+    """The lines of `text` from `[section]` up to the next table header."""
+    match = re.search(rf"^\[{re.escape(section)}\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S)
+    assert match, f"no [{section}] table in {EXAMPLE.name}"
+    return match.group(1)
+
+
+# --- the example file ----------------------------------------------------------------
+
+
+def test_model_has_the_documented_sections() -> None:
+    """The sections this test module introspects are the five the example documents."""
+    assert [name for name, _ in _sections()] == ["kubernetes", "pod", "build", "helper",
+                                                 "logging"]
+    assert len(SECTION_KEYS) >= 16
+
+
+def test_example_loads_to_the_built_in_defaults() -> None:
+    """config.example.toml loads through `load` and equals `Settings()` except `source`."""
+    loaded = settings.load(EXAMPLE)
+    assert loaded.source == str(EXAMPLE)
+    assert dataclasses.replace(loaded, source=Settings().source) == Settings()
+
+
+def test_example_sets_every_key_explicitly() -> None:
+    """Every key of every section is set in the example (not left to the default)."""
+    raw = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    assert set(raw) == {name for name, _ in _sections()}
+    for section, cls in _sections():
+        assert set(raw[section]) == {f.name for f in dataclasses.fields(cls)}, section
+
+
+@pytest.mark.parametrize(("section", "key"), SECTION_KEYS,
+                         ids=[f"{section}.{key}" for section, key in SECTION_KEYS])
+def test_example_documents_key(section: str, key: str) -> None:
+    """Each key is set right below a `# key: <type> ... default ...` comment in its section."""
+    lines = _section_text(EXAMPLE.read_text(encoding="utf-8"), section).splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(f"# {key}:")]
+    assert len(starts) == 1, f"{section}.{key} has no `# {key}:` comment"
+    block = []
+    for line in lines[starts[0]:]:
+        if not line.startswith("#"):
+            assert line.startswith(f"{key} = "), f"{section}.{key}: comment not followed by it"
+            break
+        block.append(line)
+    else:
+        raise AssertionError(f"{section}.{key}: comment not followed by a value")
+    assert "default" in " ".join(block), f"{section}.{key}: the comment gives no default"
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+def test_no_file_gives_the_built_in_defaults() -> None:
+    """`load(None)` is `Settings()`, whose source says the defaults apply."""
+    loaded = settings.load(None)
+    assert loaded == Settings()
+    assert loaded.source == "built-in defaults"
+
+
+def test_empty_file_gives_defaults_with_the_file_as_source(tmp_path: Path) -> None:
+    """An empty file is valid: every key keeps its default, and `source` names the file."""
+    path = _write(tmp_path, "")
+    assert settings.load(path) == dataclasses.replace(Settings(), source=str(path))
+
+
+def test_partial_file_overrides_only_the_keys_it_sets(tmp_path: Path) -> None:
+    """Keys left out keep their defaults; keys set replace them, section by section."""
+    path = _write(tmp_path, '[pod]\nbuilds_dir = "/work"\n[logging]\nlevel = "debug"\n')
+    loaded = settings.load(path)
+    assert loaded.pod == dataclasses.replace(settings.PodSettings(), builds_dir="/work")
+    assert loaded.logging == settings.LoggingSettings(level="debug")
+    assert loaded.kubernetes == settings.KubernetesSettings()
+    assert loaded.build == settings.BuildSettings()
+
+
+def test_integer_is_accepted_where_a_number_is_expected(tmp_path: Path) -> None:
+    """An integer for a float key is stored as a float."""
+    path = _write(tmp_path, "[pod]\nstart_timeout_seconds = 60\n")
+    value = settings.load(path).pod.start_timeout_seconds
+    assert value == 60.0 and isinstance(value, float)
+
+
+def test_allowed_images_become_a_tuple(tmp_path: Path) -> None:
+    """A TOML list is stored as a tuple, in order; an empty list is allowed."""
+    path = _write(tmp_path, '[build]\nallowed_images = ["b:*debug*", "a:*debug*"]\n')
+    assert settings.load(path).build.allowed_images == ("b:*debug*", "a:*debug*")
+    empty = _write(tmp_path, "[build]\nallowed_images = []\n", "empty.toml")
+    assert settings.load(empty).build.allowed_images == ()
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param('[pod]\nbuilds_dir = "/builds2"\ncache_dir = "/builds-cache"\n',
+                 id="sibling-prefix-is-not-nesting"),
+    pytest.param('[pod]\nbuilds_dir = "/builds/"\n', id="trailing-slash"),
+    pytest.param('[pod]\nscratch_dir = "/tmp/scratch"\n', id="below-tmp"),
+    pytest.param("[pod]\ntermination_grace_period_seconds = 0\n", id="zero-grace"),
+    pytest.param("[pod]\ndeadline_margin_seconds = 0\n", id="zero-margin"),
+])
+def test_boundary_values_are_accepted(tmp_path: Path, text: str) -> None:
+    """Values at the edge of what `_check` allows load without error."""
+    path = _write(tmp_path, text)
+    assert settings.load(path).source == str(path)
+
+
+# --- errors name the file and the dotted key ----------------------------------------------
+
+ERRORS = [
+    # unknown keys
+    pytest.param('colour = "blue"\n', "colour", "unknown key", id="unknown-top-level-key"),
+    pytest.param("[podd]\n", "podd", "unknown key", id="unknown-section"),
+    pytest.param('[pod]\nbuild_dir = "/b"\n', "pod.build_dir", "unknown key",
+                 id="unknown-nested-key"),
+    pytest.param('source = "elsewhere"\n', "source", "unknown key", id="source-not-settable"),
+    # wrong types
+    pytest.param('[pod]\ntermination_grace_period_seconds = "10"\n',
+                 "pod.termination_grace_period_seconds", "expected an integer, got a string",
+                 id="string-for-int"),
+    pytest.param("[pod]\ndeadline_margin_seconds = true\n", "pod.deadline_margin_seconds",
+                 "expected an integer, got a boolean", id="bool-for-int"),
+    pytest.param("[pod]\ndefault_job_timeout_seconds = 3600.0\n",
+                 "pod.default_job_timeout_seconds", "expected an integer, got a number",
+                 id="float-for-int"),
+    pytest.param("[kubernetes]\nrequest_timeout_seconds = false\n",
+                 "kubernetes.request_timeout_seconds", "expected a number, got a boolean",
+                 id="bool-for-float"),
+    pytest.param('[kubernetes]\nrequest_timeout_seconds = "30"\n',
+                 "kubernetes.request_timeout_seconds", "expected a number, got a string",
+                 id="string-for-float"),
+    pytest.param("[pod]\nstart_timeout_seconds = nan\n", "pod.start_timeout_seconds",
+                 "expected a finite number", id="nan-for-float"),
+    pytest.param("[kubernetes]\nrequest_timeout_seconds = inf\n",
+                 "kubernetes.request_timeout_seconds", "expected a finite number",
+                 id="inf-for-float"),
+    pytest.param("[build]\nimage = 1\n", "build.image", "expected a string, got an integer",
+                 id="int-for-string"),
+    pytest.param('[build]\nallowed_images = ["a:*debug*", 1]\n', "build.allowed_images",
+                 "expected a list of strings, got a list", id="list-with-non-strings"),
+    pytest.param('[build]\nallowed_images = "a:*debug*"\n', "build.allowed_images",
+                 "expected a list of strings, got a string", id="string-for-list"),
+    pytest.param("pod = 1\n", "pod", "expected a table, got an integer",
+                 id="non-table-section"),
+    pytest.param('logging = "debug"\n', "logging", "expected a table, got a string",
+                 id="string-for-section"),
+    # impossible values
+    pytest.param('[logging]\nlevel = "verbose"\n', "logging.level",
+                 "must be one of debug, info, warning, error, got 'verbose'",
+                 id="bad-logging-level"),
+    pytest.param('[logging]\nlevel = "WARNING"\n', "logging.level", "must be one of",
+                 id="logging-level-is-case-sensitive"),
+    pytest.param('[logging]\nformat = "text"\n', "logging.format",
+                 "must be one of console, json, got 'text'", id="bad-logging-format"),
+    pytest.param('[pod]\nbuilds_dir = "builds"\n', "pod.builds_dir",
+                 "must be an absolute path other than / and /tmp", id="relative-builds-dir"),
+    pytest.param('[pod]\nbuilds_dir = "/tmp"\n', "pod.builds_dir",
+                 "must be an absolute path other than / and /tmp", id="builds-dir-is-tmp"),
+    pytest.param('[pod]\ncache_dir = "/tmp/"\n', "pod.cache_dir",
+                 "must be an absolute path other than / and /tmp", id="cache-dir-is-tmp-slash"),
+    pytest.param('[pod]\nscratch_dir = "/"\n', "pod.scratch_dir",
+                 "must be an absolute path other than / and /tmp", id="scratch-dir-is-root"),
+    pytest.param('[pod]\nbuilds_dir = ""\n', "pod.builds_dir",
+                 "must be an absolute path", id="empty-builds-dir"),
+    pytest.param('[pod]\nbuilds_dir = "/cache"\n', "pod",
+                 "must be separate directories", id="builds-dir-equals-cache-dir"),
+    pytest.param('[pod]\nbuilds_dir = "/scratch/"\n', "pod",
+                 "must be separate directories", id="equal-up-to-trailing-slash"),
+    pytest.param('[pod]\ncache_dir = "/builds/cache"\n', "pod",
+                 "none inside another", id="cache-dir-inside-builds-dir"),
+    pytest.param('[pod]\nbuilds_dir = "/scratch/builds"\n', "pod",
+                 "none inside another", id="builds-dir-inside-scratch-dir"),
+    pytest.param("[pod]\nstart_timeout_seconds = 0\n", "pod.start_timeout_seconds",
+                 "must be greater than 0", id="zero-start-timeout"),
+    pytest.param("[pod]\nstart_timeout_seconds = -1.5\n", "pod.start_timeout_seconds",
+                 "must be greater than 0", id="negative-start-timeout"),
+    pytest.param("[pod]\ndefault_job_timeout_seconds = 0\n", "pod.default_job_timeout_seconds",
+                 "must be greater than 0", id="zero-default-job-timeout"),
+    pytest.param("[kubernetes]\nrequest_timeout_seconds = 0\n",
+                 "kubernetes.request_timeout_seconds", "must be greater than 0",
+                 id="zero-request-timeout"),
+    pytest.param("[pod]\ntermination_grace_period_seconds = -1\n",
+                 "pod.termination_grace_period_seconds", "must not be negative",
+                 id="negative-grace-period"),
+    pytest.param("[pod]\ndeadline_margin_seconds = -60\n", "pod.deadline_margin_seconds",
+                 "must not be negative", id="negative-deadline-margin"),
+    pytest.param('[build]\nimage = ""\n', "build.image", "must not be empty",
+                 id="empty-build-image"),
+    pytest.param('[helper]\nimage = ""\n', "helper.image", "must not be empty",
+                 id="empty-helper-image"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "message"), ERRORS)
+def test_error_names_file_and_dotted_key(tmp_path: Path, text: str, key: str,
+                                         message: str) -> None:
+    """A bad file is refused with `<path>: <dotted key>: <what is wrong>` on one line."""
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        settings.load(path)
+    error = str(caught.value)
+    assert error.startswith(f"reading driver config {path}: {key}: "), error
+    assert message in error
+    assert "\n" not in error
+
+
+def test_unknown_key_error_lists_the_known_keys(tmp_path: Path) -> None:
+    """An unknown key's message lists the keys valid at that level, to spot the typo."""
+    path = _write(tmp_path, '[logging]\nlevels = "info"\n')
+    with pytest.raises(ConfigError, match=r"logging\.levels: unknown key \(known here: "
+                                          r"format, level\)"):
+        settings.load(path)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    pytest.param(b"[pod\n", "invalid TOML", id="invalid-toml"),
+    pytest.param(b"[pod]\nbuilds_dir = \n", "invalid TOML", id="missing-value"),
+    pytest.param(b'[pod]\nbuilds_dir = "/b"\nbuilds_dir = "/c"\n', "invalid TOML",
+                 id="duplicate-key"),
+    pytest.param(b'[build]\nimage = "\xff"\n', "not UTF-8", id="not-utf8"),
+])
+def test_unparsable_file_is_refused_naming_it(tmp_path: Path, content: bytes,
+                                              message: str) -> None:
+    """A file that is not valid UTF-8 TOML is refused with its path and the parser's reason."""
+    path = tmp_path / "config.toml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        settings.load(path)
+    assert str(caught.value).startswith(f"reading driver config {path}: {message}")
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    """A named file that does not exist is refused, naming it (no silent defaults)."""
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as caught:
+        settings.load(path)
+    assert str(caught.value) == f"reading driver config {path}: No such file or directory"
+
+
+def test_directory_instead_of_file_is_an_error(tmp_path: Path) -> None:
+    """A path naming a directory is refused with the OS's reason."""
+    with pytest.raises(ConfigError, match="Is a directory"):
+        settings.load(tmp_path)
+
+
+# --- where the file is found ----------------------------------------------------------
+
+
+def test_default_location_and_variable_name() -> None:
+    """The documented default path and environment variable are the ones the code uses."""
+    assert (str(settings.DEFAULT_PATH), settings.CONFIG_ENV) == (
+        "/etc/runner-driver/config.toml", "RUNNER_DRIVER_CONFIG")
+
+
+@pytest.fixture
+def default_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the default location at a file under tmp_path (created by the test if wanted)."""
+    path = tmp_path / "etc" / "config.toml"
+    path.parent.mkdir()
+    monkeypatch.setattr(settings, "DEFAULT_PATH", path)
+    return path
+
+
+def test_cli_path_wins_over_variable_and_default(tmp_path: Path, default_file: Path) -> None:
+    """`--config` is used even when $RUNNER_DRIVER_CONFIG and the default file exist."""
+    default_file.write_text("")
+    cli = tmp_path / "cli.toml"
+    chosen = settings.config_path(cli, {"RUNNER_DRIVER_CONFIG": str(tmp_path / "env.toml")})
+    assert chosen == cli
+
+
+def test_variable_wins_over_default(tmp_path: Path, default_file: Path) -> None:
+    """Without `--config`, $RUNNER_DRIVER_CONFIG is used even when the default file exists."""
+    default_file.write_text("")
+    env = tmp_path / "env.toml"
+    assert settings.config_path(None, {"RUNNER_DRIVER_CONFIG": str(env)}) == env
+
+
+def test_default_used_when_present(default_file: Path) -> None:
+    """With neither `--config` nor the variable, an existing default file is used."""
+    default_file.write_text("")
+    assert settings.config_path(None, {}) == default_file
+
+
+def test_empty_variable_counts_as_unset(default_file: Path) -> None:
+    """An empty $RUNNER_DRIVER_CONFIG falls through to the default location."""
+    default_file.write_text("")
+    assert settings.config_path(None, {"RUNNER_DRIVER_CONFIG": ""}) == default_file
+
+
+def test_nothing_given_and_no_default_gives_defaults(default_file: Path) -> None:
+    """With no `--config`, no variable and no default file: no path, built-in defaults."""
+    assert not default_file.exists()
+    assert settings.config_path(None, {}) is None
+    assert settings.load_from(None, {}) == Settings()
+
+
+def test_explicit_paths_are_returned_even_if_absent(tmp_path: Path, default_file: Path) -> None:
+    """Only the default location may be absent: named files are returned for `load` to refuse."""
+    absent = tmp_path / "absent.toml"
+    assert settings.config_path(absent, {}) == absent
+    assert settings.config_path(None, {"RUNNER_DRIVER_CONFIG": str(absent)}) == absent
+    with pytest.raises(ConfigError, match=re.escape(str(absent))):
+        settings.load_from(None, {"RUNNER_DRIVER_CONFIG": str(absent)})
+
+
+def test_load_from_reads_the_chosen_file(tmp_path: Path, default_file: Path) -> None:
+    """`load_from` loads the file `config_path` picks, and records it as the source."""
+    default_file.write_text('[logging]\nlevel = "error"\n')
+    env = _write(tmp_path, '[logging]\nlevel = "info"\n', "env.toml")
+    cli = _write(tmp_path, '[logging]\nlevel = "debug"\n', "cli.toml")
+    environ = {"RUNNER_DRIVER_CONFIG": str(env)}
+    assert settings.load_from(cli, environ).logging.level == "debug"
+    assert settings.load_from(None, environ).source == str(env)
+    assert settings.load_from(None, environ).logging.level == "info"
+    assert settings.load_from(None, {}).logging.level == "error"
+
+
+def test_load_from_reads_the_process_environment(tmp_path: Path, default_file: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an explicit mapping, `load_from` reads $RUNNER_DRIVER_CONFIG from os.environ."""
+    env = _write(tmp_path, '[logging]\nformat = "json"\n', "env.toml")
+    monkeypatch.setenv("RUNNER_DRIVER_CONFIG", str(env))
+    assert settings.load_from(None).logging.format == "json"
+
+
+# --- immutability ---------------------------------------------------------------------
+
+
+def test_settings_are_frozen() -> None:
+    """Assigning to the loaded settings raises, so no stage can change them after parsing."""
+    loaded = settings.load(EXAMPLE)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.source = "changed"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.pod = settings.PodSettings()  # type: ignore[misc]
+    assert loaded.source == str(EXAMPLE)
+
+
+@pytest.mark.parametrize(("section", "key"), SECTION_KEYS,
+                         ids=[f"{section}.{key}" for section, key in SECTION_KEYS])
+def test_every_section_is_frozen(section: str, key: str) -> None:
+    """Assigning to any key of any section raises and leaves the value unchanged."""
+    part = getattr(Settings(), section)
+    before = getattr(part, key)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(part, key, before)
+    assert getattr(part, key) == before
