@@ -1,5 +1,5 @@
 # Every target installs what it needs first, so a fresh clone needs only `make demo`
-# or `make test`. System tools (bubblewrap, busybox-static) come from Debian's packages.
+# or `make test`. System tools (bubblewrap, busybox-static, git) come from Debian's packages.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -11,6 +11,7 @@ setup: system-deps $(VENV)/.installed
 system-deps:
 	@missing=""; \
 	command -v bwrap >/dev/null 2>&1 || missing="$$missing bubblewrap"; \
+	command -v git >/dev/null 2>&1 || missing="$$missing git"; \
 	bb=$$(command -v busybox || true); \
 	{ [ -n "$$bb" ] && ldd "$$bb" 2>&1 | grep -q 'not a dynamic'; } \
 		|| missing="$$missing busybox-static"; \

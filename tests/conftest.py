@@ -188,3 +188,52 @@ def kubectl(kubeconfig: Path,
                               timeout=timeout, env=env, check=check)
 
     return run
+
+
+# Driving the driver: the runner emulator calls the installed `runner-driver` exactly
+# as gitlab-runner does, against the module's emulated cluster.
+
+_job_ids = iter(range(10_000, 1_000_000))
+
+
+def next_job_id() -> int:
+    """A job id no other test in this session uses (pod names derive from it)."""
+    return next(_job_ids)
+
+
+def make_runner(kubeconfig: Path, directory: Path, settings: str = "",
+                **options: Any) -> Any:
+    """A RunnerEmulator for `runner-driver` with the given driver settings (TOML text)."""
+    from runner_driver.emulator.demo import driver_command
+    from runner_driver.emulator.runner import RunnerEmulator
+
+    directory.mkdir(parents=True, exist_ok=True)
+    config_file = directory / "driver.toml"
+    config_file.write_text(settings, encoding="utf-8")
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(directory),
+               "KUBECONFIG": str(kubeconfig), "RUNNER_DRIVER_CONFIG": str(config_file)}
+    defaults: dict[str, Any] = {"prepare_retry_seconds": 0.1, "graceful_kill_seconds": 10.0,
+                                "stage_timeout_seconds": 120.0}
+    defaults.update(options)
+    return RunnerEmulator(driver_command(), environ=environ, workdir=directory, **defaults)
+
+
+@pytest.fixture(scope="module")
+def runner(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A runner emulator with the driver's default settings."""
+    return make_runner(kubeconfig, tmp_path_factory.mktemp("runner"))
+
+
+@pytest.fixture(scope="module")
+def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A git daemon on 127.0.0.1 that pods can fetch from."""
+    from runner_driver.emulator.gitserver import GitServer
+
+    with GitServer(tmp_path_factory.mktemp("git")) as server:
+        yield server
+
+
+def pods_left(core: client.CoreV1Api, namespace: str = "default") -> list[str]:
+    """Names of pods the driver manages that still exist in `namespace`."""
+    return [p.metadata.name for p in core.list_namespaced_pod(
+        namespace, label_selector="app.kubernetes.io/managed-by=runner-driver").items]

@@ -1,20 +1,28 @@
-"""The command line: `local-cluster` serving and cleaning up, `demo`, and missing host tools."""
+"""The command line: `local-cluster` serving and cleaning up, `demo`, missing host tools,
+and how every stage's outcome maps to the exit codes gitlab-runner expects."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
+import yaml
 from kubernetes import client, config
 from kubernetes.stream import stream
 
-from tests.conftest import KANIKO, KANIKO_IDLE, wait_for
+from runner_driver import cli
+from runner_driver.emulator.runner import Job, bash_script
+from tests.conftest import KANIKO, KANIKO_IDLE, next_job_id, wait_for
 
 
 def _cli(*args: str) -> list[str]:
@@ -119,17 +127,18 @@ def test_missing_host_tool_gives_one_clear_error(tmp_path: Path, tools: dict[str
 
 
 def test_demo_runs_a_job_and_says_what_is_emulated() -> None:
-    """`demo` runs every stage successfully and says the cluster and kaniko are stand-ins."""
+    """`demo` runs a kaniko-style job through every real stage and says what is emulated."""
     started = time.monotonic()
     result = subprocess.run(_cli("demo"), capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "EMULATED" in out and "STAND-IN" in out
-    assert "Checked out" in out
-    assert "no git, no bash" in out
-    assert "get_sources" in out and "build_script" in out
-    assert "job succeeded" in out
+    assert "Checking out" in out and "stand-in: checks passed" in out
+    for stage in ("config", "prepare", "prepare_script", "get_sources", "build_script",
+                  "after_script", "cleanup_file_variables", "cleanup"):
+        assert re.search(rf"^  {stage} +exit 0 ", out, re.MULTILINE), stage
+    assert "job success" in out
     assert time.monotonic() - started < 60
 
 
@@ -165,3 +174,199 @@ def test_local_cluster_runs_without_root(tmp_path: Path) -> None:
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0, err.decode()
     assert b"stopped" in err
+
+
+# --- stage exit codes ---------------------------------------------------------------
+# gitlab-runner reads only the exit code: SYSTEM_FAILURE_EXIT_CODE for anything but a
+# failed script. These run the installed `runner-driver` with a controlled environment.
+
+DRIVER = Path(sys.executable).parent / "runner-driver"
+CODES = {"SYSTEM_FAILURE_EXIT_CODE": "5", "BUILD_FAILURE_EXIT_CODE": "4"}
+JOB = {"CUSTOM_ENV_CI_JOB_ID": "101", "CUSTOM_ENV_CI_PROJECT_ID": "9"}
+TOKEN = "glcbt-64_clitestsecrettoken42"
+
+
+def _driver(tmp_path: Path, *args: str, env: dict[str, str],
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the installed CLI with only PATH, HOME and `env` in its environment."""
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    return subprocess.run([str(DRIVER), *args], env={**base, **env}, cwd=tmp_path,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig with one context pointing at `server`."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": {"token": "t0ken-for-tests"}}],
+        "contexts": [{"name": "a", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "a"}), encoding="utf-8")
+    return path
+
+
+def _settings(path: Path, text: str) -> dict[str, str]:
+    """Write driver settings and return the environment that selects them."""
+    path.write_text(text, encoding="utf-8")
+    return {"RUNNER_DRIVER_CONFIG": str(path)}
+
+
+def _one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("codes", "expected"), [
+    pytest.param({}, 2, id="runner-default"),
+    pytest.param(CODES, 5, id="from-environment"),
+])
+def test_usage_error_is_a_system_failure(tmp_path: Path, codes: dict[str, str],
+                                         expected: int) -> None:
+    """`run` without its arguments exits with the system failure code, not argparse's 2."""
+    result = _driver(tmp_path, "run", env=codes)
+    assert result.returncode == expected
+    assert "usage: runner-driver run" in result.stderr
+    assert "the following arguments are required: script, stage" in result.stderr
+    assert result.stdout == ""
+
+
+def test_help_exits_zero(tmp_path: Path) -> None:
+    """`--help` is a success and lists the four stages."""
+    result = _driver(tmp_path, "--help", env=CODES)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: runner-driver")
+    assert all(stage in result.stdout for stage in ("config", "prepare", "run", "cleanup"))
+
+
+def test_missing_job_id_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    """Without CUSTOM_ENV_CI_JOB_ID, config fails as a system failure, naming it, stdout empty."""
+    result = _driver(tmp_path, "config", env={**CODES, "CUSTOM_ENV_CI_PROJECT_ID": "9"})
+    assert result.returncode == 5
+    line = _one_line(result.stderr)
+    assert line.startswith("runner-driver config: ")
+    assert "CUSTOM_ENV_CI_JOB_ID is not set" in line
+    assert result.stdout == ""  # the runner would try to parse anything here
+
+
+def test_unknown_settings_key_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
+    """A typo in the driver's settings fails the stage with the file and the dotted key."""
+    env = _settings(tmp_path / "driver.toml", '[pod]\nbuild_dir = "/b"\n')
+    result = _driver(tmp_path, "prepare", env={**CODES, **JOB, **env})
+    assert result.returncode == 5
+    line = _one_line(result.stderr)
+    assert line.startswith("runner-driver prepare: ")
+    assert str(tmp_path / "driver.toml") in line
+    assert "pod.build_dir: unknown key" in line
+
+
+@pytest.mark.parametrize("content", [
+    pytest.param(None, id="missing"),
+    pytest.param("directory", id="a-directory"),
+    pytest.param("clusters: [unclosed\n", id="invalid-yaml"),
+    pytest.param("just a string\n", id="not-a-mapping"),
+])
+def test_unusable_kubeconfig_is_one_line_naming_it(tmp_path: Path, content: str | None) -> None:
+    """A kubeconfig that is missing or unreadable is a system failure naming the file."""
+    kubeconfig = tmp_path / "kubeconfig"
+    if content == "directory":
+        kubeconfig.mkdir()
+    elif content is not None:
+        kubeconfig.write_text(content, encoding="utf-8")
+    env = _settings(tmp_path / "driver.toml", f'[kubernetes]\nkubeconfig = "{kubeconfig}"\n')
+    result = _driver(tmp_path, "config", env={**CODES, **JOB, **env})
+    assert result.returncode == 5
+    line = _one_line(result.stderr)
+    assert line.startswith(f"runner-driver config: loading cluster credentials from {kubeconfig}")
+    assert "[kubernetes] kubeconfig" in line
+    assert "unexpected error" not in line
+    assert result.stdout == ""
+
+
+def test_cleanup_against_an_unreachable_cluster_fails_promptly(tmp_path: Path) -> None:
+    """cleanup with the API down exits promptly with the system code and one line."""
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{_closed_port()}")
+    started = time.monotonic()
+    result = _driver(tmp_path, "cleanup", env={**CODES, **JOB, "KUBECONFIG": str(kubeconfig)},
+                     timeout=30)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 5
+    line = _one_line(result.stderr)
+    assert line.startswith("runner-driver cleanup: deleting pod default/runner-project-9-job-101: "
+                           "cannot reach the Kubernetes API")
+
+
+@pytest.fixture
+def in_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """`cli.main` in this process: runner variables cleared; SIGTERM and structlog restored."""
+    for name in [*os.environ]:
+        if name.startswith("CUSTOM_ENV_") or name in (
+                "KUBECONFIG", "RUNNER_DRIVER_CONFIG", "BUILD_EXIT_CODE_FILE", "JOB_RESPONSE_FILE",
+                "RUNNER_DRIVER_POD", "RUNNER_DRIVER_NAMESPACE", "KUBERNETES_SERVICE_HOST"):
+            monkeypatch.delenv(name)
+    for name, value in CODES.items():
+        monkeypatch.setenv(name, value)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield monkeypatch
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+        structlog.reset_defaults()
+        structlog.contextvars.clear_contextvars()
+
+
+def test_help_in_process_returns_zero(in_process: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`main(["--help"])` returns 0 instead of raising SystemExit."""
+    assert cli.main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: runner-driver")
+
+
+def test_unexpected_exception_is_a_system_failure_with_a_masked_line(
+        in_process: pytest.MonkeyPatch, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug in a stage returns the system code with one summary line; secrets stay masked."""
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{_closed_port()}")
+    for name, value in {**JOB, "KUBECONFIG": str(kubeconfig),
+                        "CUSTOM_ENV_CI_JOB_TOKEN": TOKEN}.items():
+        in_process.setenv(name, value)
+
+    def broken(*_args: Any, **_kwargs: Any) -> bool:
+        raise RuntimeError(f"boom while using {TOKEN}")
+
+    in_process.setattr("runner_driver.cleanup.cleanup", broken)
+    assert cli.main(["cleanup"]) == 5
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "runner-driver cleanup: unexpected error: RuntimeError: boom while using [MASKED]" \
+        in captured.err.splitlines()
+    assert TOKEN not in captured.err  # neither in the summary nor in the logged traceback
+
+
+def test_job_failed_returns_the_build_code_and_writes_the_scripts_code(
+        in_process: pytest.MonkeyPatch, runner: Any, tmp_path: Path,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """A script exiting 7 in `run` returns BUILD_FAILURE_EXIT_CODE and writes 7 to the file."""
+    with runner.session(Job(job_id=next_job_id())) as session:
+        for name, value in session.environment().items():
+            in_process.setenv(name, value)
+        for name, value in CODES.items():
+            in_process.setenv(name, value)
+        script = tmp_path / "script"
+        script.write_text(bash_script("echo before-exit\nexit 7\n"), encoding="utf-8")
+        code = cli.main(["run", str(script), "build_script"])
+        written = session.exit_code_file.read_text(encoding="ascii")
+    captured = capfd.readouterr()
+    assert code == 4
+    assert written == "7"
+    assert "before-exit" in captured.out
+    assert "runner-driver run:" not in captured.err  # the script's failure speaks for itself

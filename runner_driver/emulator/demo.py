@@ -1,143 +1,95 @@
-"""`runner-driver demo`: a sample kaniko-style job on the embedded emulated cluster.
+"""`runner-driver demo`: a sample kaniko-style job through the driver's real stages.
 
 It shows a newcomer, in one command and without a real cluster, what a job looks like:
-a pod with a git-capable helper container and a busybox-only kaniko container sharing
-a builds volume, sources fetched in the helper, the image build step in the kaniko
-container, and the pod removed afterwards. Until the driver's stages exist (issue 3)
-the demo drives the emulated cluster directly through the official Kubernetes client;
-it says so, and it says that the cluster and the kaniko executor are stand-ins.
+the embedded emulated cluster starts, a runner stand-in calls `runner-driver config`,
+`prepare`, `run` for each stage and `cleanup` as separate processes exactly as
+gitlab-runner does, sources are fetched with git in the helper container from a
+local git server, the build step runs `/kaniko/executor` in the busybox-only kaniko
+container, and the pod is removed. It says plainly that the cluster is emulated and
+that the kaniko executor in it is a stand-in.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, TextIO
-
-from kubernetes import client, config, watch
-from kubernetes.stream import stream
+from typing import TextIO
 
 from .cluster import EmulatedCluster
+from .gitserver import GitServer
 from .kubelet import NodeSettings
+from .runner import Job, JobResult, RunnerEmulator
 
 KANIKO = "gcr.io/kaniko-project/executor:v1.23.2-debug"
-HELPER = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:x86_64-v17.0.0"
-PROJECT = "/builds/demo/app"
-
-STAGES: tuple[tuple[str, str, list[str]], ...] = (
-    ("get_sources", "helper", ["bash", "-c", f"""set -eo pipefail
-echo "Fetching the sample project with git $(git --version | cut -d' ' -f3)"
-mkdir -p /tmp/origin && cd /tmp/origin && git init -q -b main
-printf 'FROM alpine:3.20\\nRUN echo built by kaniko\\n' > Dockerfile
-git -c user.name=demo -c user.email=demo@example.com add Dockerfile
-git -c user.name=demo -c user.email=demo@example.com commit -q -m 'sample project'
-git clone -q /tmp/origin {PROJECT}
-echo "Checked out $(git -C {PROJECT} rev-parse --short HEAD) into {PROJECT}"
-"""]),
-    ("build_script", "build", ["/busybox/sh", "-c", f"""set -e
-cd {PROJECT}
-echo "Running in the kaniko debug image: $(ls /busybox | wc -l) busybox applets, no git, no bash"
-ls -l Dockerfile
-/kaniko/executor --context "dir://{PROJECT}" --dockerfile "{PROJECT}/Dockerfile" \\
-  --destination registry.example.com/demo/app:latest --no-push
-"""]),
+SAMPLE_FILES = {
+    "Dockerfile": b"FROM alpine:3.20\nRUN echo built by kaniko > /built.txt\n",
+    "README.md": b"A sample project for runner-driver's demo.\n",
+}
+SCRIPT = (
+    'echo "Building $CI_PROJECT_PATH in $(pwd) with the kaniko debug image"',
+    "ls -l",
+    '/kaniko/executor --context "$CI_PROJECT_DIR" --dockerfile "$CI_PROJECT_DIR/Dockerfile" '
+    '--destination "$CI_REGISTRY/$CI_PROJECT_PATH:$CI_JOB_ID" --no-push',
 )
 
 
-def _pod() -> dict[str, Any]:
-    idle = "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"
-    security = {"privileged": False, "allowPrivilegeEscalation": False,
-                "capabilities": {"drop": ["NET_RAW"]},
-                "seccompProfile": {"type": "RuntimeDefault"}}
-    return {"metadata": {"name": "runner-demo-job-1",
-                         "labels": {"app.kubernetes.io/managed-by": "runner-driver-demo"}},
-            "spec": {"restartPolicy": "Never", "automountServiceAccountToken": False,
-                     "terminationGracePeriodSeconds": 5, "activeDeadlineSeconds": 600,
-                     "volumes": [{"name": "builds", "emptyDir": {}},
-                                 {"name": "scratch", "emptyDir": {}}],
-                     "containers": [
-                         {"name": "helper", "image": HELPER, "command": ["sh", "-c", idle],
-                          "securityContext": security,
-                          "volumeMounts": [{"name": "builds", "mountPath": "/builds"}]},
-                         {"name": "build", "image": KANIKO,
-                          "command": ["/busybox/sh", "-c", idle], "securityContext": security,
-                          "env": [{"name": "TMPDIR", "value": "/scratch"},
-                                  {"name": "container", "value": "kube"}],
-                          "volumeMounts": [{"name": "builds", "mountPath": "/builds"},
-                                           {"name": "scratch", "mountPath": "/scratch"}]}]}}
-
-
-def _exec(api: client.CoreV1Api, pod: str, container: str, command: list[str],
-          out: TextIO) -> int:
-    session = stream(api.connect_get_namespaced_pod_exec, pod, "default", container=container,
-                     command=command, stdout=True, stderr=True, stdin=False, tty=False,
-                     binary=True, _preload_content=False)
-    while session.is_open():
-        session.update(timeout=1)
-        for channel in (1, 2):
-            if session.peek_channel(channel):
-                out.write(session.read_channel(channel).decode(errors="replace"))
-        out.flush()
-    status = session.read_channel(3)
-    session.close()
-    if b'"Success"' in status:
-        return 0
-    marker = b'"ExitCode", "message": "'
-    if marker in status:
-        return int(status.split(marker)[1].split(b'"')[0])
-    return -1
+def driver_command() -> list[str]:
+    """The installed `runner-driver` beside this Python, as a runner would be set up."""
+    beside = Path(sys.executable).parent / "runner-driver"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("runner-driver")
+    return [found] if found else [sys.executable, "-m", "runner_driver.cli"]
 
 
 def run_demo(out: TextIO = sys.stdout) -> int:
-    """Run the demo job; return 0 when every stage succeeded."""
+    """Run the sample job; return 0 when it succeeded."""
     out.write("runner-driver demo: the Kubernetes cluster below is EMULATED (runner-driver's "
-              "embedded emulator: real HTTP API, containers in bubblewrap sandboxes), and the "
-              "kaniko executor in it is a STAND-IN that checks flags and credentials but builds "
-              "nothing.\nThe driver's own stages arrive with issue 3; this demo drives the "
-              "cluster directly with the Kubernetes client.\n\n")
-    timings: list[tuple[str, str, int, float]] = []
-    with EmulatedCluster(node=NodeSettings(pull_seconds=0.05)) as cluster, \
-            tempfile.TemporaryDirectory() as scratch:
+              "embedded emulator: real HTTP API and exec websockets, containers in bubblewrap "
+              "sandboxes), and the kaniko executor in it is a STAND-IN that checks flags, "
+              "credentials and TLS but builds and pushes nothing. A runner stand-in calls "
+              "the driver's stages exactly as gitlab-runner does.\n\n")
+    out.flush()
+    with tempfile.TemporaryDirectory(prefix="runner-driver-demo-") as scratch, \
+            EmulatedCluster(node=NodeSettings(pull_seconds=0.05)) as cluster, \
+            GitServer(Path(scratch) / "git") as git:
         kubeconfig = cluster.write_kubeconfig(Path(scratch) / "kubeconfig")
-        api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
-        exec_api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+        settings = Path(scratch) / "config.toml"
+        settings.write_text("# the demo uses the built-in defaults\n", encoding="utf-8")
+        url = git.add_repository("demo/app", SAMPLE_FILES)
+        runner = RunnerEmulator(driver_command(), environ={
+            "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": scratch,
+            "KUBECONFIG": str(kubeconfig), "RUNNER_DRIVER_CONFIG": str(settings)},
+            workdir=Path(scratch))
+        job = Job(job_id=1001, project_id=42, project_path="demo/app", image=KANIKO,
+                  repository_url=url, script=SCRIPT,
+                  after_script=('echo "after_script sees CI_JOB_STATUS=$CI_JOB_STATUS"',))
         started = time.monotonic()
-        body = _pod()
-        created = api.create_namespaced_pod("default", body)
-        name = created.metadata.name
-        out.write(f"\x1b[36;1mPreparing pod {name} on {cluster.url}\x1b[0m\n")
-        watcher = watch.Watch()
-        for event in watcher.stream(api.list_namespaced_pod, "default",
-                                    field_selector=f"metadata.name={name}",
-                                    resource_version=created.metadata.resource_version,
-                                    timeout_seconds=60):
-            statuses = event["object"].status.container_statuses or []
-            if statuses and all(s.state.running for s in statuses):
-                watcher.stop()
-        prepare_seconds = time.monotonic() - started
-        out.write(f"Pod running after {prepare_seconds:.2f}s\n")
-        failed = False
-        for stage, container, command in STAGES:
-            out.write(f"\n\x1b[36;1m$ stage {stage} in container {container}\x1b[0m\n")
-            stage_started = time.monotonic()
-            code = _exec(exec_api, name, container, command, out)
-            timings.append((stage, container, code, time.monotonic() - stage_started))
-            if code != 0:
-                failed = True
-                break
-        cleanup_started = time.monotonic()
-        api.delete_namespaced_pod(name, "default")
-        deadline = time.monotonic() + 30
-        while api.list_namespaced_pod("default").items and time.monotonic() < deadline:
-            time.sleep(0.05)
-        cleanup_seconds = time.monotonic() - cleanup_started
-    out.write("\nSummary (emulated cluster, stand-in kaniko executor)\n")
-    out.write(f"  pod            {name}\n")
-    out.write(f"  prepare        {prepare_seconds:6.2f}s\n")
-    for stage, container, code, seconds in timings:
-        out.write(f"  {stage:<14} {seconds:6.2f}s  exit {code}  ({container})\n")
-    out.write(f"  cleanup        {cleanup_seconds:6.2f}s  (pod deleted)\n")
-    out.write(f"  result         {'FAILED' if failed else 'job succeeded'}\n")
-    return 1 if failed else 0
+        result = runner.run_job(job)
+        total = time.monotonic() - started
+        requests = sum(cluster.request_counts().values())
+    out.write("---- job log (as the runner would show it) ----\n")
+    out.write(result.log.decode(errors="replace"))
+    out.write("---- end of job log ----\n\n")
+    _summary(out, result, total, requests)
+    return 0 if result.status == "success" else 1
+
+
+def _summary(out: TextIO, result: JobResult, total: float, requests: int) -> None:
+    pod = ""
+    for call in result.calls:
+        if call.stage == "config" and call.stdout:
+            pod = str(json.loads(call.stdout).get("hostname", ""))
+    out.write("Summary (emulated cluster, stand-in kaniko executor)\n")
+    out.write(f"  pod          {pod}\n")
+    for call in result.calls:
+        out.write(f"  {call.stage:<24} exit {call.exit_code}  {call.seconds:6.2f}s\n")
+    out.write(f"  API requests {requests}\n")
+    out.write(f"  total        {total:6.2f}s\n")
+    verdict = result.status if not result.failure_reason else \
+        f"{result.status} ({result.failure_reason})"
+    out.write(f"  result       job {verdict}\n")
