@@ -53,7 +53,8 @@ class Connection:
 
 
 def connect(settings: KubernetesSettings, source: str,
-            environ: Mapping[str, str] | None = None) -> Connection:
+            environ: Mapping[str, str] | None = None,
+            service_account_dir: Path = SERVICE_ACCOUNT_DIR) -> Connection:
     """Find cluster credentials as every Kubernetes tool does.
 
     An explicit `[kubernetes] kubeconfig` wins; otherwise the pod's service account
@@ -65,15 +66,18 @@ def connect(settings: KubernetesSettings, source: str,
     env = os.environ if environ is None else environ
     configuration = client.Configuration()
     in_cluster = (not settings.kubeconfig and bool(env.get("KUBERNETES_SERVICE_HOST"))
-                  and (SERVICE_ACCOUNT_DIR / "token").exists())
+                  and (service_account_dir / "token").exists())
     if in_cluster:
         where = "the pod's service account"
     else:
         where = settings.kubeconfig or env.get("KUBECONFIG") or "~/.kube/config"
     try:
         if in_cluster:
-            config.load_incluster_config(client_configuration=configuration)
-            namespace = settings.namespace or _read(SERVICE_ACCOUNT_DIR / "namespace")
+            config.incluster_config.InClusterConfigLoader(
+                token_filename=str(service_account_dir / "token"),
+                cert_filename=str(service_account_dir / "ca.crt"),
+                environ=env).load_and_set(configuration)
+            namespace = settings.namespace or _read(service_account_dir / "namespace")
         else:
             # Load exactly the file(s) `where` names: the client's own default is
             # $KUBECONFIG as it was at import, not that of `environ`.

@@ -423,3 +423,31 @@ def test_api_error_keeps_plain_exceptions_after_the_action() -> None:
     assert str(error) == "reading pod ns/p: bad data"
     assert error.status is None
 
+
+
+def test_in_cluster_service_account_is_used_inside_a_pod(tmp_path: Path) -> None:
+    """Inside a pod (service host set, token mounted) the service account and its namespace win."""
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("in-cluster-token")
+    (account / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    (account / "namespace").write_text("ci-jobs\n")
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+           "KUBECONFIG": str(tmp_path / "ignored")}
+    connection = kube.connect(KubernetesSettings(), "test", environ=env,
+                              service_account_dir=account)
+    assert connection.server == "https://10.96.0.1:443"
+    assert connection.namespace == "ci-jobs"
+    assert connection.configuration.api_key["BearerToken"] == "bearer in-cluster-token"
+
+
+def test_explicit_kubeconfig_wins_over_the_service_account(tmp_path: Path,
+                                                           kubeconfig: Path) -> None:
+    """An explicit [kubernetes] kubeconfig is used even inside a pod."""
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("in-cluster-token")
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    connection = kube.connect(KubernetesSettings(kubeconfig=str(kubeconfig)), "test",
+                              environ=env, service_account_dir=account)
+    assert connection.server.startswith("http://127.0.0.1:")
