@@ -120,8 +120,8 @@ def _dispatch(stage: str, args: argparse.Namespace, redactor: logs.Redactor) -> 
 
     loaded = settings.load_from(args.config)
     job = JobContext.from_env()
-    redactor.secrets = logs.configure(loaded.logging.level, loaded.logging.format,
-                                      job.secrets).secrets
+    logs.configure(loaded.logging.level, loaded.logging.format, job.secrets,
+                   redactor=redactor)
     name = pod_name(job)
     # For `run`, the runner's stage name (get_sources, build_script, ...) says more.
     logs.bind(stage=args.stage if stage == "run" else stage, job_id=job.job_id, pod=name)

@@ -169,9 +169,14 @@ class Cluster:
         self.namespace = connection.namespace
         self.server = connection.server
         self._timeout = request_timeout
+        self._configuration = connection.configuration
         self._core = client.CoreV1Api(client.ApiClient(connection.configuration))
-        # `stream()` swaps the request method of the ApiClient it uses: exec gets its own.
-        self._exec_core = client.CoreV1Api(client.ApiClient(connection.configuration))
+
+    @functools.cached_property
+    def _exec_core(self) -> Any:
+        # `stream()` swaps the request method of the ApiClient it uses: exec gets its own,
+        # made only by the stages that exec.
+        return client.CoreV1Api(client.ApiClient(self._configuration))
 
     def _object(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
@@ -242,9 +247,7 @@ class Cluster:
                     allow_watch_bookmarks=True, timeout_seconds=max(1, int(timeout)),
                     _request_timeout=timeout + self._timeout, deserialize=False):
                 yield str(event.get("type")), dict(event.get("object") or {})
-        except ApiException as error:
-            raise api_error(f"watching pod {self.namespace}/{name}", error) from error
-        except (urllib3.exceptions.HTTPError, OSError) as error:
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
             raise api_error(f"watching pod {self.namespace}/{name}", error) from error
         finally:
             watcher.stop()
@@ -345,7 +348,8 @@ class Cluster:
             try:
                 for offset in range(0, len(script), STDIN_CHUNK):
                     session.write_stdin(script[offset:offset + STDIN_CHUNK])
-                status = _pump(session, stdout_fd, stderr_fd, deadline=None)
+                status = _pump(session, functools.partial(_write_all, stdout_fd),
+                               functools.partial(_write_all, stderr_fd), deadline=None)
             except (OSError, websocket.WebSocketException) as error:
                 raise ClusterError(f"{what}: the exec connection failed: {error}") from error
         return _exit_code(what, status)
@@ -354,41 +358,34 @@ class Cluster:
                   timeout: float) -> tuple[int, bytes]:
         """Run a short command without stdin; its exit code and combined output."""
         what = f"running a command in container {container} of pod {self.namespace}/{pod}"
-        read, write = os.pipe()
-        try:
-            with self._exec_session(pod, container, argv, stdin=False) as session:
-                try:
-                    status = _pump(session, write, write, deadline=time.monotonic() + timeout)
-                except (OSError, websocket.WebSocketException) as error:
-                    raise ClusterError(f"{what}: the exec connection failed: {error}") \
-                        from error
-            os.close(write)
-            write = -1
-            with os.fdopen(read, "rb") as output:
-                read = -1
-                data = output.read()
-        finally:
-            for fd in (read, write):
-                if fd >= 0:
-                    os.close(fd)
-        return _exit_code(what, status), data
+        output = bytearray()
+        with self._exec_session(pod, container, argv, stdin=False) as session:
+            try:
+                status = _pump(session, output.extend, output.extend,
+                               deadline=time.monotonic() + timeout)
+            except (OSError, websocket.WebSocketException) as error:
+                raise ClusterError(f"{what}: the exec connection failed: {error}") from error
+        return _exit_code(what, status), bytes(output)
 
 
-def _pump(session: Any, stdout_fd: int, stderr_fd: int, deadline: float | None) -> bytes:
-    """Copy an exec's stdout and stderr to file descriptors until it ends; its status bytes."""
+Sink = Callable[[bytes], object]
+
+
+def _pump(session: Any, out: Sink, err: Sink, deadline: float | None) -> bytes:
+    """Pass an exec's stdout and stderr to the sinks as they arrive; its status bytes."""
     status = bytearray()
     while session.is_open():
         if deadline is not None and time.monotonic() > deadline:
             break
         session.update(timeout=1.0)
-        status += _drain(session, stdout_fd, stderr_fd)
-    status += _drain(session, stdout_fd, stderr_fd)
+        status += _drain(session, out, err)
+    status += _drain(session, out, err)
     return bytes(status)
 
 
-def _drain(session: Any, stdout_fd: int, stderr_fd: int) -> bytes:
-    _write_all(stdout_fd, session.read_channel(CHANNEL_STDOUT) or b"")
-    _write_all(stderr_fd, session.read_channel(CHANNEL_STDERR) or b"")
+def _drain(session: Any, out: Sink, err: Sink) -> bytes:
+    out(session.read_channel(CHANNEL_STDOUT) or b"")
+    err(session.read_channel(CHANNEL_STDERR) or b"")
     return bytes(session.read_channel(CHANNEL_ERROR) or b"")
 
 

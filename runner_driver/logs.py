@@ -45,9 +45,15 @@ class Redactor:
 
 
 def configure(level: str = "warning", fmt: str = "console", secrets: Iterable[str] = (),
-              stream: TextIO | None = None) -> Redactor:
-    """Send structlog events at `level` or above to stderr, masking `secrets`."""
-    redactor = Redactor(secrets)
+              stream: TextIO | None = None, redactor: Redactor | None = None) -> Redactor:
+    """Send structlog events at `level` or above to stderr, masking `secrets`.
+
+    Passing the `redactor` of an earlier call keeps it, now masking `secrets` too.
+    """
+    if redactor is None:
+        redactor = Redactor(secrets)
+    else:
+        redactor.secrets = Redactor([*redactor.secrets, *secrets]).secrets
     renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
                      else structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0))
     structlog.configure(

@@ -43,13 +43,14 @@ def prepare(settings: Settings, job: JobContext, cluster: Cluster, out: TextIO) 
     created = cluster.create_pod(manifest)
     log.info("pod created", namespace=cluster.namespace)
 
-    shown = [started - PROGRESS_SECONDS]
+    shown = started - PROGRESS_SECONDS
 
     def progress(state: PodState) -> None:
         # Every change would be a line per container per step: one line a second at most.
+        nonlocal shown
         now = time.monotonic()
-        if state.phase == "starting" and now - shown[0] >= PROGRESS_SECONDS:
-            shown[0] = now
+        if state.phase == "starting" and now - shown >= PROGRESS_SECONDS:
+            shown = now
             _say(out, f"Waiting for pod {cluster.namespace}/{name}: {state.message}")
 
     try:

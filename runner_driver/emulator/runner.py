@@ -27,7 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 BUILD_FAILURE_EXIT_CODE = 1
 SYSTEM_FAILURE_EXIT_CODE = 2
@@ -214,6 +214,7 @@ class JobSession:
         self.builds_dir = ""
         self.cache_dir = ""
         self.hostname = ""
+        self.driver_name = ""
         self.job_status = "success"
         self.exit_code_file = tempdir / "build_exit_code"
         self.response_file = tempdir / "response.json"
@@ -333,10 +334,9 @@ class JobSession:
                                    env=self.environment(), process_group=0)
         out, err = bytearray(), bytearray()
 
-        def pump(stream: object, sink: bytearray) -> None:
-            assert hasattr(stream, "read1")
+        def pump(stream: IO[bytes], sink: bytearray) -> None:
             while True:
-                chunk = stream.read1(65536)
+                chunk = os.read(stream.fileno(), 65536)
                 if not chunk:
                     return
                 sink += chunk
@@ -486,8 +486,6 @@ class JobSession:
                 self.say(f"WARNING: Preparation failed: {failure}\n"
                          f"Will be retried in {self.runner.prepare_retry_seconds}s ...\n")
                 time.sleep(self.runner.prepare_retry_seconds)
-
-    driver_name = ""
 
     def apply_config(self, call: Call) -> None:
         text = call.stdout.decode(errors="replace").strip()
