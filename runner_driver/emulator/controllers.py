@@ -5,8 +5,10 @@ pods to the node or explains why it cannot (`FailedScheduling`); the garbage
 collector deletes objects whose owner references point at deleted objects; the
 namespace controller seeds each namespace (the `default` service account and
 `kube-root-ca.crt`) and empties it on deletion; the node lifecycle controller taints
-a NotReady node and evicts its pods after their toleration. The kubelet runs pods;
-this module only decides and records.
+a NotReady node and evicts its pods after their toleration; the resource quota
+controller keeps each quota's `status.used` current, and the quota admission check
+runs here because it needs the namespace's objects. The kubelet runs pods; this
+module only decides and records.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import time
 
-from . import images, scheduler
+from . import images, quota, scheduler
 from .kubelet import Kubelet, PodRun
 from .store import RESOURCES, ApiError, Obj, Store, WatchEvent, now_rfc3339
 
@@ -30,6 +33,7 @@ class ControlPlane:
         self.kubelet = kubelet
         self.events = kubelet.events
         self._schedule_pending = False
+        self._quota_pending: set[str] = set()
         store.add_listener(self._on_change)
 
     def start(self) -> None:
@@ -51,6 +55,14 @@ class ControlPlane:
             self._request_scheduling()
         if event.resource in ("pods", "secrets", "configmaps") and event.type == "DELETED":
             loop.call_soon(self._collect_dependents, event.obj["metadata"]["uid"])
+        # A quota's own status writes (and spec edits, which the API server folds into
+        # its status) need no recount; every other change in its namespace may.
+        if event.namespace and event.resource not in quota.IGNORED \
+                and not (event.resource == "resourcequotas" and event.type == "MODIFIED") \
+                and any(True for _ in self.store.items("resourcequotas", event.namespace)):
+            if not self._quota_pending:
+                loop.call_soon(self._refresh_pending_quotas)
+            self._quota_pending.add(event.namespace)
 
     async def _periodic(self) -> None:
         """Retry scheduling and collect orphans about twice a second."""
@@ -114,6 +126,48 @@ class ControlPlane:
             self.events.record(pod, "Normal", "Scheduled",
                                f"Successfully assigned {meta['namespace']}/{meta['name']} to "
                                f"{self.kubelet.settings.name}", component="default-scheduler")
+
+    # Resource quotas
+
+    def _lister(self, namespace: str) -> quota.Lister:
+        return lambda resource: self.store.items(resource, namespace)
+
+    def quota_status(self, resource_quota: Obj) -> Obj:
+        """A quota's `status` now: `hard` from its spec, `used` over its namespace."""
+        namespace = resource_quota["metadata"].get("namespace", "")
+        return quota.status(resource_quota, self._lister(namespace), time.time(),
+                            [r for r, spec in RESOURCES.items() if spec.namespaced])
+
+    def refresh_quotas(self, namespace: str | None = None) -> None:
+        """Recount quotas (in one namespace, or all) and store any status that changed."""
+        for resource_quota in list(self.store.items("resourcequotas", namespace)):
+            current = self.quota_status(resource_quota)
+            if resource_quota.get("status") != current:
+                resource_quota["status"] = current
+                self.store.touch("resourcequotas", resource_quota)
+
+    def _refresh_pending_quotas(self) -> None:
+        pending, self._quota_pending = self._quota_pending, set()
+        for namespace in sorted(pending):
+            self.refresh_quotas(namespace)
+
+    def admit_quota(self, resource: str, namespace: str, obj: Obj) -> None:
+        """The ResourceQuota admission plugin for a create in `namespace`.
+
+        Quotas are checked in name order (a real server's order is its cache's).
+
+        Raises:
+            ApiError: 403 Forbidden when a quota refuses the object.
+        """
+        quotas = sorted(self.store.items("resourcequotas", namespace),
+                        key=lambda q: str(q["metadata"]["name"]))
+        if not quotas:
+            return
+        now = time.time()
+        served = [r for r, spec in RESOURCES.items() if spec.namespaced]
+        lister = self._lister(namespace)
+        quota.admit(resource, obj, quotas,
+                    lambda q: quota.used(q, lister, now, served), now)
 
     def _collect_orphans(self) -> None:
         for resource in ("pods", "secrets", "configmaps"):

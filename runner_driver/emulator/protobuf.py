@@ -1,8 +1,8 @@
 """Decode the Kubernetes protobuf request bodies kubectl sends for a few core kinds.
 
 kubectl's generators (`kubectl create namespace`, `create secret generic|docker-registry|tls`,
-`create configmap`, `create serviceaccount`) post protobuf, not JSON, so an API server
-that reads only JSON fails them. This module turns those bodies into the JSON objects
+`create configmap`, `create serviceaccount`, `create quota`) post protobuf, not JSON, so
+an API server that reads only JSON fails them. This module turns those bodies into the JSON objects
 the rest of the emulator handles, using the field numbers of Kubernetes'
 `generated.proto` for the kinds listed in `SCHEMAS`. Responses stay JSON, which every
 client accepts. Anything else is refused with 415, naming what is supported.
@@ -18,7 +18,8 @@ from .store import ApiError
 MAGIC = b"k8s\x00"
 
 # Field number -> (JSON name, kind). Kinds: "string", "bytes", "int", "bool",
-# "message:<schema>", "map:string", "map:bytes", "repeated:string", "repeated:<schema>".
+# "message:<schema>", "map:string", "map:bytes", "map:quantity", "repeated:string",
+# "repeated:<schema>".
 SCHEMAS: dict[str, dict[int, tuple[str, str]]] = {
     "ObjectMeta": {1: ("name", "string"), 2: ("generateName", "string"),
                    3: ("namespace", "string"), 11: ("labels", "map:string"),
@@ -39,6 +40,13 @@ SCHEMAS: dict[str, dict[int, tuple[str, str]]] = {
                        2: ("secrets", "repeated:ObjectReference"),
                        3: ("imagePullSecrets", "repeated:LocalObjectReference"),
                        4: ("automountServiceAccountToken", "bool")},
+    "ResourceQuota": {1: ("metadata", "message:ObjectMeta"),
+                      2: ("spec", "message:ResourceQuotaSpec")},
+    "ResourceQuotaSpec": {1: ("hard", "map:quantity"), 2: ("scopes", "repeated:string"),
+                          3: ("scopeSelector", "message:ScopeSelector")},
+    "ScopeSelector": {1: ("matchExpressions", "repeated:ScopedResourceSelectorRequirement")},
+    "ScopedResourceSelectorRequirement": {1: ("scopeName", "string"), 2: ("operator", "string"),
+                                          3: ("values", "repeated:string")},
     "ObjectReference": {1: ("kind", "string"), 2: ("namespace", "string"), 3: ("name", "string")},
     "LocalObjectReference": {1: ("name", "string")},
 }
@@ -101,6 +109,9 @@ def _message(data: bytes, schema: str) -> dict[str, Any]:
             entry = dict(_fields(value))
             key = entry.get(1, b"")
             raw = entry.get(2, b"")
+            if kind == "map:quantity" and isinstance(raw, bytes):
+                # A resource.Quantity message: its text in field 1.
+                raw = dict(_fields(raw)).get(1, b"")
             if isinstance(key, bytes) and isinstance(raw, bytes):
                 out.setdefault(name, {})[key.decode()] = (
                     base64.b64encode(raw).decode() if kind == "map:bytes" else raw.decode())
@@ -130,7 +141,7 @@ def decode(body: bytes) -> dict[str, Any]:
         api_version, kind = meta.get(1, ""), meta.get(2, "")
         if api_version != "v1" or kind not in SCHEMAS or kind in ("ObjectMeta",):
             supported = ", ".join(k for k in ("Namespace", "Secret", "ConfigMap",
-                                              "ServiceAccount"))
+                                              "ServiceAccount", "ResourceQuota"))
             raise ApiError(415, "UnsupportedMediaType",
                            f"the emulated cluster decodes protobuf bodies only for v1 "
                            f"{supported}, not {api_version} {kind}; send JSON instead")

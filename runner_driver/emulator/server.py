@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from . import patches, podspec, protobuf, tables
+from . import patches, podspec, protobuf, quota, tables
 from .controllers import ControlPlane
 from .execstream import EXEC_PROTOCOLS, ExecEndpoint, drop
 from .faults import ExecCut, Faults, RequestFault
@@ -250,6 +250,8 @@ class ApiServer:
         resource, namespace = self._resource(request)
         if request.method == "GET":
             predicate = self._predicate(request, resource)
+            if resource == "resourcequotas":
+                self.control.refresh_quotas(namespace or None)
             if request.query.get("watch") in ("true", "1"):
                 return await self._watch(request, resource, namespace or None, predicate)
             items, rv = self.store.select(resource, namespace or None, predicate)
@@ -326,8 +328,16 @@ class ApiServer:
             meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta.get("name", "")
             body["spec"] = {"finalizers": ["kubernetes"]}
             body["status"] = {"phase": "Active"}
+        elif resource == "resourcequotas":
+            quota.prepare(body)
+            meta["namespace"] = namespace
+            body["status"] = self.control.quota_status(body)
         elif resource == "nodes":
             raise ApiError(403, "Forbidden", "nodes cannot be created in the emulated cluster")
+        if namespace:
+            # Validating admission sees the generated name, so its refusals name it.
+            self.store.generate_name(resource, namespace, meta)
+            self.control.admit_quota(resource, namespace, body)
         if dry_run:
             return body
         return self.store.create(resource, namespace, body)
@@ -348,6 +358,8 @@ class ApiServer:
         resource, namespace = self._resource(request)
         name = request.match_info["name"]
         if request.method == "GET":
+            if resource == "resourcequotas":
+                self.control.refresh_quotas(namespace)
             obj = self.store.get(resource, namespace, name)
             if tables.wanted(request.headers.get("Accept", "")):
                 return web.json_response(tables.render(resource, [obj],
@@ -422,6 +434,10 @@ class ApiServer:
                                                 "message": forbidden, "field": "spec"}]})
             updated["spec"] = spec
             updated["status"] = current.get("status", {})
+        if resource == "resourcequotas":
+            # Status is the controller's: hard follows the new spec, used is recounted.
+            quota.prepare(updated)
+            updated["status"] = self.control.quota_status(updated)
         if resource == "secrets":
             data = updated.get("data") or {}
             for key, value in (updated.pop("stringData", None) or {}).items():

@@ -54,6 +54,7 @@ RESOURCES: dict[str, ResourceType] = {
                      field_selectors=frozenset({"metadata.name", "metadata.namespace", "type"})),
         ResourceType("configmaps", "ConfigMap", True, ("cm",)),
         ResourceType("serviceaccounts", "ServiceAccount", True, ("sa",)),
+        ResourceType("resourcequotas", "ResourceQuota", True, ("quota",)),
         ResourceType("events", "Event", True, ("ev",),
                      field_selectors=frozenset({
                          "metadata.name", "metadata.namespace", "involvedObject.kind",
@@ -257,6 +258,19 @@ class Store:
 
     # Writes
 
+    def generate_name(self, resource: str, namespace: str, meta: Obj) -> None:
+        """Give metadata without a name one from its `generateName`, as the server does."""
+        if meta.get("name") or not meta.get("generateName"):
+            return
+        key_namespace = namespace if RESOURCES[resource].namespaced else ""
+        for _ in range(20):
+            suffix = "".join(_GENERATE_ALPHABET[b % len(_GENERATE_ALPHABET)]
+                             for b in uuid.uuid4().bytes[:5])
+            candidate = meta["generateName"] + suffix
+            if (key_namespace, candidate) not in self._objects[resource]:
+                meta["name"] = candidate
+                return
+
     def create(self, resource: str, namespace: str, obj: Obj) -> Obj:
         """Store a new object, filling in server-set metadata.
 
@@ -272,14 +286,7 @@ class Store:
             meta["namespace"] = namespace
         else:
             meta.pop("namespace", None)
-        if not meta.get("name") and meta.get("generateName"):
-            for _ in range(20):
-                suffix = "".join(_GENERATE_ALPHABET[b % len(_GENERATE_ALPHABET)]
-                                 for b in uuid.uuid4().bytes[:5])
-                candidate = meta["generateName"] + suffix
-                if (namespace, candidate) not in self._objects[resource]:
-                    meta["name"] = candidate
-                    break
+        self.generate_name(resource, namespace, meta)
         name = meta.get("name")
         if not name:
             raise ApiError(422, "Invalid",

@@ -127,6 +127,20 @@ def render(resource: str, objects: list[Obj], include: str, rv: int) -> Obj:
         rows = [([c["metadata"]["name"],
                   str(len(c.get("data") or {}) + len(c.get("binaryData") or {})),
                   _age(c["metadata"].get("creationTimestamp"))], c) for c in objects]
+    elif resource == "resourcequotas":
+        # printers.go printResourceQuota: "name: used/hard" sorted, limits.* apart.
+        columns = [column("Name", fmt="name"), column("Age"), column("Request"),
+                   column("Limit")]
+        for quota in objects:
+            hard = quota.get("status", {}).get("hard") or {}
+            used = quota.get("status", {}).get("used") or {}
+            columns_text: dict[bool, list[str]] = {False: [], True: []}
+            for name in sorted(hard):
+                limit = len(name.split(".")) > 1 and name.split(".")[0] == "limits"
+                columns_text[limit].append(f"{name}: {used.get(name, '0')}/{hard[name]}")
+            rows.append(([quota["metadata"]["name"],
+                          _age(quota["metadata"].get("creationTimestamp")),
+                          ", ".join(columns_text[False]), ", ".join(columns_text[True])], quota))
     elif resource == "events":
         columns = [column("Last Seen"), column("Type"), column("Reason"), column("Object"),
                    column("Message")]
