@@ -31,7 +31,7 @@ demo: setup
 	$(BIN)/runner-driver demo
 
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check runner_driver tests

@@ -28,6 +28,7 @@ EMULATOR_EXTRA_HINT = (
     "the emulated cluster needs the 'emulator' extra: pip install 'runner-driver[emulator]'")
 DOCS = "https://docs.gitlab.com/runner/executors/custom/"
 STAGES = ("config", "prepare", "run", "cleanup")
+CLEANUP_SIGTERM_GRACE_SECONDS = 3.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("stage", help="the stage name, e.g. get_sources or build_script")
     commands.add_parser("cleanup", help="delete everything created for the job",
                         description=f"cleanup_exec stage ({DOCS}#cleanup).")
+    gc = commands.add_parser(
+        "gc", help="delete job pods and secrets whose job is over (for a CronJob)",
+        description="Find the pods and secrets runner-driver labelled in its namespace and "
+                    "delete those whose job is certainly over: the pod finished, or it runs "
+                    "past its active deadline (job timeout plus margin). A pod inside its "
+                    "deadline is never touched. Prints what it did.")
+    gc.add_argument("--older-than", default="0s", metavar="DURATION",
+                    help="keep anything younger than this, finished or not (e.g. 30m to "
+                         "keep failed pods around for inspection; default 0s)")
+    gc.add_argument("--dry-run", action="store_true",
+                    help="only print what would be deleted")
     local = commands.add_parser(
         "local-cluster", help="serve an emulated Kubernetes cluster on 127.0.0.1",
         description="Serve the embedded emulated cluster in the foreground and write a "
@@ -77,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if exit_.code in (0, None) else codes.system_failure
     if args.command in STAGES:
         return _stage(args, codes)
+    if args.command == "gc":
+        return _gc(args)
     return _emulator_command(args)
 
 
@@ -86,10 +100,18 @@ def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
     raise Canceled("received SIGTERM")
 
 
+def _on_sigterm_in_cleanup(_signum: int, _frame: FrameType | None) -> None:
+    # Deleting the pod is the whole point of cleanup: let the request in flight land,
+    # but stop within the runner's patience.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, _on_sigterm)
+    signal.setitimer(signal.ITIMER_REAL, CLEANUP_SIGTERM_GRACE_SECONDS)
+
+
 def _stage(args: argparse.Namespace, codes: ExitCodes) -> int:
     stage: str = args.command
     redactor = logs.configure()
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_sigterm_in_cleanup if stage == "cleanup" else _on_sigterm)
     try:
         return _dispatch(stage, args, redactor)
     except JobFailed as failure:
@@ -133,7 +155,8 @@ def _dispatch(stage: str, args: argparse.Namespace, redactor: logs.Redactor) -> 
     namespace = job.namespace_from_config or connection.namespace
     cluster = kube.Cluster(kube.Connection(connection.configuration, namespace,
                                            connection.server),
-                           loaded.kubernetes.request_timeout_seconds)
+                           loaded.kubernetes.request_timeout_seconds,
+                           loaded.kubernetes.retry_timeout_seconds)
     if stage == "prepare":
         prepare(loaded, job, cluster, sys.stdout)
     elif stage == "run":
@@ -141,6 +164,30 @@ def _dispatch(stage: str, args: argparse.Namespace, redactor: logs.Redactor) -> 
     else:
         cleanup(cluster, name)
     return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    """`gc` is an operator's command, not a runner stage: plain exit codes (0, 1)."""
+    from datetime import UTC, datetime
+
+    from . import kube, settings
+    from .gc import collect, parse_duration
+
+    redactor = logs.configure()
+    try:
+        older_than = parse_duration(args.older_than)
+        loaded = settings.load_from(args.config)
+        logs.configure(loaded.logging.level, loaded.logging.format, (), redactor=redactor)
+        logs.bind(stage="gc")
+        connection = kube.connect(loaded.kubernetes, loaded.source)
+        cluster = kube.Cluster(connection, loaded.kubernetes.request_timeout_seconds,
+                               loaded.kubernetes.retry_timeout_seconds)
+        failures = collect(cluster, datetime.now(UTC), older_than, args.dry_run,
+                           lambda line: print(line, flush=True))
+    except DriverError as error:
+        _fail("gc", str(error))
+        return 1
+    return 1 if failures else 0
 
 
 def _fail(stage: str, message: str) -> None:

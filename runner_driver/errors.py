@@ -22,10 +22,15 @@ class ClusterError(DriverError):
     """The Kubernetes API, or the transport to it, failed an operation."""
 
     def __init__(self, message: str, *, status: int | None = None,
-                 reason: str | None = None) -> None:
+                 reason: str | None = None, transient: bool = False,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        # Worth trying again: the connection failed, the server was overloaded or
+        # restarting, or it said so (429 with Retry-After seconds).
+        self.transient = transient
+        self.retry_after = retry_after
 
 
 class PodStartError(DriverError):

@@ -27,34 +27,115 @@ helper=$(command -v gitlab-runner-helper || command -v gitlab-runner || true)
 [ -n "$helper" ] && ln -sf "$helper" {BIN_DIR}/gitlab-runner
 {_IDLE}""")
 
-# `run`: read exactly $1 bytes of script from stdin (so stdin never has to be closed,
-# which v4 exec cannot do), keep them only in an unlinked file on the memory volume,
-# and run them with the best shell that actually starts (after a kaniko build, /bin may
-# hold another platform's binaries). The shell gets its own session so that a cancel
-# can signal the whole process group recorded in $2.
-STAGE_LAUNCHER = f"""n=$1; pidfile={RUN_DIR}/$2.pid; script={RUN_DIR}/$2.sh
-mkdir -p {RUN_DIR} || exit 125
-(umask 077 && head -c "$n" > "$script") || exit 125
-if [ "$(($(wc -c < "$script")))" -ne "$n" ]; then
-  rm -f "$script"; echo "runner-driver: the stage script arrived truncated" >&2; exit 125
+# Stage output lives on its own disk-backed volume: it can be far larger than the
+# memory volume, and must outlive any one exec connection.
+LOG_DIR = "/runner-driver-logs"
+CONTROL_PREFIX = b"runner-driver-stage: "
+
+# `run`: start a stage script detached from the exec, then follow its output.
+# $1 is the script's size in bytes, sent on stdin ("-" when only following), $2 the
+# stage id, $3 the byte offset of the output already received, $4 the supervisor.
+# The script is read in full (stdin is never closed: v4 exec cannot) and kept only in
+# an unlinked file on the memory volume. `mkdir` of the claim directory is atomic, so
+# a stage starts at most once however often the driver reconnects. The supervisor runs
+# the script with stdout and stderr merged into the log file (as the runner's job log
+# merges them) and writes the exit code to the status file by rename, so it is read
+# whole or not at all. Following: `cat` on a descriptor opened once reads exactly up
+# to the current end and advances it, so nothing is sent twice or skipped; the status
+# file is checked before reading, so all output is sent before the exit line.
+# Control lines go to stderr: started/attached, alive (a heartbeat every ~5 s while
+# the script is quiet, so the driver can tell a silent script from a dead link),
+# exit N, truncated (send again), error TEXT.
+STAGE_LAUNCHER = f"""n=$1; id=$2; offset=$3
+run={RUN_DIR}; log={LOG_DIR}/$id.log; status=$run/$id.status; pidfile=$run/$id.pid
+mkdir -p "$run" {LOG_DIR} || exit 5
+if [ "$n" != - ]; then
+  script=$run/$id.sh.$$
+  if ! (umask 077 && head -c "$n" > "$script"); then
+    rm -f "$script"; echo "runner-driver-stage: error cannot store the script in $run" >&2
+    exit 5
+  fi
+  if [ "$(($(wc -c < "$script")))" -ne "$n" ]; then
+    rm -f "$script"; echo "runner-driver-stage: truncated" >&2; exit 4
+  fi
+  if mkdir "$run/$id.claim" 2>/dev/null; then
+    for done in "$run"/*.status; do
+      [ -e "$done" ] || continue
+      old=${{done##*/}}; old=${{old%.status}}
+      [ "$old" = "$id" ] || rm -rf "$run/$old.claim" "$done" "{LOG_DIR}/$old.log"
+    done
+    : > "$log"
+    exec 4< "$script"
+    rm -f "$script"
+    shell=/busybox/sh
+    for candidate in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/bin/sh /bin/sh; do
+      if [ -x "$candidate" ] && "$candidate" -c : </dev/null >/dev/null 2>&1; then
+        shell=$candidate; break
+      fi
+    done
+    if command -v setsid >/dev/null 2>&1; then
+      setsid sh -c "$4" runner-driver-supervise "$id" "$shell" </dev/null >>"$log" 2>&1 &
+    else
+      sh -c "$4" runner-driver-supervise "$id" "$shell" </dev/null >>"$log" 2>&1 &
+    fi
+    exec 4<&-
+    echo "runner-driver-stage: started" >&2
+  else
+    rm -f "$script"
+    echo "runner-driver-stage: attached" >&2
+  fi
+elif [ -d "$run/$id.claim" ]; then
+  echo "runner-driver-stage: attached" >&2
+else
+  echo "runner-driver-stage: error stage $id was never started in this pod" >&2; exit 3
 fi
-exec 4< "$script"
-rm -f "$script"
-shell=/busybox/sh
-for candidate in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/bin/sh /bin/sh; do
-  if [ -x "$candidate" ] && "$candidate" -c : </dev/null >/dev/null 2>&1; then
-    shell=$candidate; break
+i=0
+while [ ! -e "$log" ]; do
+  i=$((i + 1))
+  if [ "$i" -gt 100 ]; then
+    echo "runner-driver-stage: error stage $id has no output file" >&2; exit 3
+  fi
+  sleep 0.1
+done
+exec 3< "$log"
+if [ "$offset" -gt 0 ]; then dd bs=1 skip="$offset" count=0 <&3 2>/dev/null || exit 6; fi
+ticks=0; quiet=0
+while :; do
+  if [ -e "$status" ]; then finished=1; else finished=0; fi
+  cat <&3 || exit 6
+  if [ "$finished" = 1 ]; then
+    echo "runner-driver-stage: exit $(cat "$status")" >&2; exit 0
+  fi
+  ticks=$((ticks + 1))
+  if [ "$ticks" -le 10 ]; then sleep 0.01
+  elif [ "$ticks" -le 20 ]; then sleep 0.02
+  elif [ "$ticks" -le 30 ]; then sleep 0.05
+  else sleep 0.1
+  fi
+  if [ $((ticks % 50)) -eq 0 ]; then
+    echo "runner-driver-stage: alive" >&2
+    if [ -e "$pidfile" ] || [ -e "$status" ]; then quiet=0; else quiet=$((quiet + 1)); fi
+    if [ "$quiet" -ge 2 ]; then
+      echo "runner-driver-stage: error stage $id is not running and left no exit status" >&2
+      exit 3
+    fi
   fi
 done
-exec 0</dev/null
+"""
+
+# Runs detached from any exec, with the script on fd 4 and output going to the log:
+# starts the script in its own session (so a cancel can signal its whole process
+# group), records the group in the pid file, and the exit code in the status file.
+STAGE_SUPERVISOR = f"""id=$1; shell=$2
+status={RUN_DIR}/$id.status; pidfile={RUN_DIR}/$id.pid
 if command -v setsid >/dev/null 2>&1; then setsid "$shell" <&4 4<&- &
 else "$shell" <&4 4<&- & fi
 child=$!
 exec 4<&-
-echo "$child" > "$pidfile"
+echo "$child" > "$pidfile.tmp" && mv -f "$pidfile.tmp" "$pidfile"
 wait "$child"; rc=$?
+echo "$rc" > "$status.tmp" && mv -f "$status.tmp" "$status"
 rm -f "$pidfile"
-exit "$rc"
 """
 
 # Stop a stage started by STAGE_LAUNCHER: TERM to its process group (the generated
@@ -73,11 +154,56 @@ exit 0
 """
 
 
-def launcher_argv(script_size: int, stage_id: str) -> list[str]:
-    """Exec argv that runs a stage script of `script_size` bytes sent on stdin."""
-    return ["sh", "-c", STAGE_LAUNCHER, "runner-driver-stage", str(script_size), stage_id]
+def launcher_argv(script_size: int | None, stage_id: str, offset: int = 0) -> list[str]:
+    """Exec argv that starts (once) and follows the stage `stage_id` from byte `offset`.
+
+    `script_size` is the size of the script sent on stdin; None only follows a stage
+    an earlier connection started.
+    """
+    size = "-" if script_size is None else str(script_size)
+    return ["sh", "-c", STAGE_LAUNCHER, "runner-driver-stage", size, stage_id, str(offset),
+            STAGE_SUPERVISOR]
 
 
 def stopper_argv(stage_id: str, grace_tenths: int = 20) -> list[str]:
     """Exec argv that stops the stage `stage_id` (TERM, then KILL after the grace)."""
     return ["sh", "-c", STAGE_STOPPER, "runner-driver-stop", stage_id, str(grace_tenths)]
+
+
+class StageControl:
+    """Reads the launcher's control lines (the exec's stderr) as they arrive.
+
+    Lines without the control prefix come from the shell itself (a missing command,
+    a full disk) and are kept as `diagnostics` for the error message.
+    """
+
+    def __init__(self) -> None:
+        self.started = False
+        self.exit_code: int | None = None
+        self.truncated = False
+        self.error = ""
+        self.diagnostics: list[str] = []
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        """Take the next bytes of the control channel."""
+        self._pending += data
+        while (end := self._pending.find(b"\n")) >= 0:
+            line = bytes(self._pending[:end])
+            del self._pending[:end + 1]
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        if not line.startswith(CONTROL_PREFIX):
+            if line.strip():
+                self.diagnostics.append(line.decode(errors="replace"))
+            return
+        word, _, rest = line[len(CONTROL_PREFIX):].decode(errors="replace").partition(" ")
+        if word in ("started", "attached"):
+            self.started = True
+        elif word == "exit" and rest.strip().isdigit():
+            self.exit_code = int(rest.strip())
+        elif word == "truncated":
+            self.truncated = True
+        elif word == "error":
+            self.error = rest.strip()

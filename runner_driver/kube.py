@@ -4,8 +4,11 @@ Stages ask for what they need in their own terms (create this pod, wait until it
 runs, run this script there) and get plain values or the driver's own errors back.
 Every client exception is translated here into `ClusterError` or `ConfigError`,
 keeping the API server's message, and stating the action and the object first.
-Every wait is bounded. This module must not decide what a job means: it never maps
-outcomes to exit codes and never prints to the job log.
+Every wait is bounded, and only transient failures (connection errors, 5xx, 429 and
+the messages GitLab's own executor learned to retry) are retried, with backoff,
+within `[kubernetes] retry_timeout_seconds`, each retry logged. This module must not
+decide what a job means: it never maps outcomes to exit codes and never prints to
+the job log.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import ast
 import functools
 import http
 import json
+import math
 import os
 import re
 import time
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tenacity
 import urllib3
 import websocket
 import yaml
@@ -30,6 +35,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream, ws_client
 
+from . import logs
 from .errors import ClusterError, ConfigError, PodStartError
 from .podstatus import PodState, assess
 from .settings import KubernetesSettings
@@ -41,6 +47,16 @@ STDIN_CHUNK = 32 * 1024
 _stream_uncaptured = functools.partial(
     stream.func, functools.partial(ws_client.websocket_call, capture_all=False), None)
 CHANNEL_STDOUT, CHANNEL_STDERR, CHANNEL_ERROR = 1, 2, 3
+# Failures GitLab's Kubernetes executor retries (its built-in `retry_limits` list, see
+# kubernetes-executor-lessons.md), as they appear in client and server messages.
+TRANSIENT_MESSAGES = (
+    "error dialing backend", "tls handshake timeout", "connection timed out",
+    "timeout occurred", "etcdserver: request timed out", "http2: client connection lost",
+    "connection refused", "tls: internal error", "unexpected eof", "connection reset",
+    "broken pipe", "connection aborted", "request did not complete within requested timeout",
+    "context deadline exceeded",
+)
+RETRY_AFTER_MAX = 30.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,9 @@ def connect(settings: KubernetesSettings, source: str,
         raise ConfigError(
             f"loading cluster credentials from {where}: {detail}; set [kubernetes] kubeconfig "
             f"and context in {source}, or KUBECONFIG") from error
+    # urllib3 would otherwise retry some failures silently (and others not at all):
+    # every retry goes through `Cluster._call`, where it is bounded and logged.
+    configuration.retries = False
     return Connection(configuration, namespace or "default", configuration.host)
 
 
@@ -115,10 +134,13 @@ def api_error(action: str, error: Exception) -> ClusterError:
         body = error.body.decode(errors="replace") if isinstance(error.body, bytes) \
             else error.body
         reason, message = error.reason, ""
+        retry_after = _retry_after(error.headers)
         if status is None:
             status, message = _handshake_failure(str(error.reason or ""))
             if status is not None:  # not the raw text with the response headers
                 reason = _status_phrase(status)
+            if retry_after is None:  # a failed exec handshake has no headers here
+                retry_after = _status_retry_after(_handshake_status(str(error.reason or "")))
         if body:
             try:
                 parsed = json.loads(body)
@@ -127,13 +149,65 @@ def api_error(action: str, error: Exception) -> ClusterError:
             if isinstance(parsed, dict):
                 message = str(parsed.get("message") or "")
                 reason = str(parsed.get("reason") or reason)
+                if retry_after is None:
+                    retry_after = _status_retry_after(parsed)
         text = f"{action}: {status} {reason}" if status else f"{action}: {reason}"
-        return ClusterError(f"{text}: {message}" if message else text,
-                            status=status, reason=str(reason))
+        text = f"{text}: {message}" if message else text
+        return ClusterError(text, status=status, reason=str(reason),
+                            transient=_transient(status, text), retry_after=retry_after)
     if isinstance(error, urllib3.exceptions.HTTPError | OSError
                   | websocket.WebSocketException):
-        return ClusterError(f"{action}: cannot reach the Kubernetes API: {error}")
+        return ClusterError(f"{action}: cannot reach the Kubernetes API: {error}",
+                            transient=True)
     return ClusterError(f"{action}: {error}")
+
+
+def _transient(status: int | None, text: str) -> bool:
+    if status is None or status == 429 or status >= 500:
+        return True
+    lowered = text.lower()
+    return any(phrase in lowered for phrase in TRANSIENT_MESSAGES)
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds from a Retry-After header (the API server sends delta-seconds)."""
+    try:
+        value = float((headers or {}).get("Retry-After") or "")
+    except (TypeError, ValueError):
+        return None
+    return min(max(value, 0.0), RETRY_AFTER_MAX) if math.isfinite(value) else None
+
+
+class _Backoff:
+    """Exponential backoff with jitter that waits at least what the server asked for."""
+
+    def __init__(self, initial: float = 0.2, maximum: float = 5.0) -> None:
+        self._exponential = (tenacity.wait_exponential(multiplier=initial, max=maximum)
+                             + tenacity.wait_random(0, initial))
+
+    def __call__(self, state: tenacity.RetryCallState) -> float:
+        wait = float(self._exponential(state))
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, ClusterError) and error.retry_after is not None:
+            wait = max(wait, error.retry_after)
+        return wait
+
+
+def retrying(what: str, budget: float) -> tenacity.Retrying:
+    """A retry policy for one API operation: transient errors only, within `budget` s."""
+
+    def log_retry(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        logs.get().warning("retrying a Kubernetes API call after a transient error",
+                           attempt=state.attempt_number, action=what, error=str(error),
+                           retry_in=f"{wait:.1f}s")
+
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(
+            lambda e: isinstance(e, ClusterError) and e.transient),
+        stop=tenacity.stop_before_delay(budget), wait=_Backoff(),
+        before_sleep=log_retry, reraise=True)
 
 
 def _handshake_failure(reason: str) -> tuple[int | None, str]:
@@ -144,15 +218,26 @@ def _handshake_failure(reason: str) -> tuple[int | None, str]:
     """
     found = re.search(r"Handshake status (\d+)", reason)
     status = int(found.group(1)) if found else None
+    parsed = _handshake_status(reason)
+    message = str(parsed.get("message") or "") if isinstance(parsed, dict) else ""
+    return status, message or (reason if status is None else "")
+
+
+def _handshake_status(reason: str) -> Any:
+    """The Status JSON in a failed exec handshake's error text, or None."""
     body = reason.rsplit("-+-+-", 1)[-1].strip() if "-+-+-" in reason else ""
-    message = ""
     try:
         # Older websocket-client versions show the body as a bytes repr, newer ones as text.
-        parsed = json.loads(ast.literal_eval(body) if body.startswith(("b'", 'b"')) else body)
-        message = str(parsed.get("message") or "")
-    except (ValueError, SyntaxError, AttributeError):
-        message = ""
-    return status, message or (reason if status is None else "")
+        return json.loads(ast.literal_eval(body) if body.startswith(("b'", 'b"')) else body)
+    except (ValueError, SyntaxError):
+        return None
+
+
+def _status_retry_after(status: Any) -> float | None:
+    """A Status's `details.retryAfterSeconds` (the API server sets it with 429), capped."""
+    details = status.get("details") if isinstance(status, dict) else None
+    value = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+    return None if value is None else _retry_after({"Retry-After": value})
 
 
 def _status_phrase(status: int) -> str:
@@ -165,9 +250,11 @@ def _status_phrase(status: int) -> str:
 class Cluster:
     """Pod operations in the driver's namespace."""
 
-    def __init__(self, connection: Connection, request_timeout: float) -> None:
+    def __init__(self, connection: Connection, request_timeout: float,
+                 retry_timeout: float = 60.0) -> None:
         self.namespace = connection.namespace
         self.server = connection.server
+        self.retry_timeout = retry_timeout
         self._timeout = request_timeout
         self._configuration = connection.configuration
         self._core = client.CoreV1Api(client.ApiClient(connection.configuration))
@@ -178,7 +265,7 @@ class Cluster:
         # made only by the stages that exec.
         return client.CoreV1Api(client.ApiClient(self._configuration))
 
-    def _object(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _once(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             response = call(*args, _preload_content=False, _request_timeout=self._timeout,
                             **kwargs)
@@ -186,55 +273,108 @@ class Cluster:
         except Exception as error:
             raise api_error(what, error) from error
 
+    def _call(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One API request, retried while it fails transiently."""
+        return retrying(what, self.retry_timeout)(self._once, what, call, *args, **kwargs)
+
     # --- pods -------------------------------------------------------------------
 
     def create_pod(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Create the pod; a leftover with the same name (an earlier attempt) is replaced."""
+        """Create the pod; a leftover with the same name (an earlier attempt) is replaced.
+
+        A retried create whose first try reached the server also ends here with 409:
+        replacing the pod costs a few seconds and is right in both cases.
+        """
         name = manifest["metadata"]["name"]
         what = f"creating pod {self.namespace}/{name}"
         try:
-            return dict(self._object(what, self._core.create_namespaced_pod,
-                                     self.namespace, manifest))
+            return dict(self._call(what, self._core.create_namespaced_pod,
+                                   self.namespace, manifest))
         except ClusterError as error:
             if error.status != 409:
                 raise
         self.delete_pod(name, grace_seconds=0)
         self.wait_gone(name, timeout=60)
-        return dict(self._object(what, self._core.create_namespaced_pod,
-                                 self.namespace, manifest))
+        return dict(self._call(what, self._core.create_namespaced_pod,
+                               self.namespace, manifest))
 
     def read_pod(self, name: str) -> dict[str, Any] | None:
         """The pod, or None when it does not exist."""
         try:
-            return dict(self._object(f"reading pod {self.namespace}/{name}",
-                                     self._core.read_namespaced_pod, name, self.namespace))
+            return dict(self._call(f"reading pod {self.namespace}/{name}",
+                                   self._core.read_namespaced_pod, name, self.namespace))
         except ClusterError as error:
             if error.status == 404:
                 return None
             raise
 
+    def list_pods(self, label_selector: str) -> list[dict[str, Any]]:
+        """The pods whose labels match `label_selector`."""
+        listed = self._call(f"listing pods in {self.namespace} ({label_selector})",
+                            self._core.list_namespaced_pod, self.namespace,
+                            label_selector=label_selector)
+        return list(listed.get("items") or [])
+
     def delete_pod(self, name: str, grace_seconds: int | None = None) -> bool:
-        """Ask for the pod's deletion; False when it was already gone."""
+        """Ask for the pod's deletion; False when it was already gone.
+
+        Objects the pod owns (see `owner_reference`) are removed by Kubernetes with it.
+        """
         options: dict[str, Any] = {"propagation_policy": "Background"}
         if grace_seconds is not None:
             options["grace_period_seconds"] = grace_seconds
         try:
-            self._object(f"deleting pod {self.namespace}/{name}",
-                         self._core.delete_namespaced_pod, name, self.namespace, **options)
+            self._call(f"deleting pod {self.namespace}/{name}",
+                       self._core.delete_namespaced_pod, name, self.namespace, **options)
         except ClusterError as error:
             if error.status == 404:
                 return False
             raise
         return True
 
-    def pod_events(self, name: str) -> list[dict[str, Any]]:
-        """The events about the pod, oldest first."""
-        listed = self._object(f"listing events of pod {self.namespace}/{name}",
-                              self._core.list_namespaced_event, self.namespace,
-                              field_selector=f"involvedObject.name={name}")
+    def pod_events(self, name: str, uid: str = "") -> list[dict[str, Any]]:
+        """The events about the pod, oldest first; with `uid`, only this incarnation's.
+
+        Earlier prepare attempts create pods of the same name: their events would
+        otherwise show up again.
+        """
+        selector = f"involvedObject.name={name}" + (f",involvedObject.uid={uid}" if uid else "")
+        listed = self._call(f"listing events of pod {self.namespace}/{name}",
+                            self._core.list_namespaced_event, self.namespace,
+                            field_selector=selector)
         items = list(listed.get("items") or [])
         items.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
         return items
+
+    # --- objects owned by the pod -------------------------------------------------
+
+    def create_secret(self, manifest: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+        """Create a per-job secret owned by the pod `owner`, so it goes when the pod goes."""
+        body = {**manifest, "metadata": {**manifest["metadata"],
+                                         "ownerReferences": [owner_reference(owner)]}}
+        name = body["metadata"]["name"]
+        return dict(self._call(f"creating secret {self.namespace}/{name}",
+                               self._core.create_namespaced_secret, self.namespace, body))
+
+    def list_secrets(self, label_selector: str) -> list[dict[str, Any]]:
+        """The secrets whose labels match `label_selector` (values are not used)."""
+        listed = self._call(f"listing secrets in {self.namespace} ({label_selector})",
+                            self._core.list_namespaced_secret, self.namespace,
+                            label_selector=label_selector)
+        return list(listed.get("items") or [])
+
+    def delete_secret(self, name: str) -> bool:
+        """Delete a secret; False when it was already gone."""
+        try:
+            self._call(f"deleting secret {self.namespace}/{name}",
+                       self._core.delete_namespaced_secret, name, self.namespace)
+        except ClusterError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    # --- waiting ------------------------------------------------------------------
 
     def _watch_pod(self, name: str, resource_version: str,
                    timeout: float) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -245,59 +385,106 @@ class Cluster:
                     self._core.list_namespaced_pod, self.namespace,
                     field_selector=f"metadata.name={name}", resource_version=resource_version,
                     allow_watch_bookmarks=True, timeout_seconds=max(1, int(timeout)),
-                    _request_timeout=timeout + self._timeout, deserialize=False):
-                yield str(event.get("type")), dict(event.get("object") or {})
+                    _request_timeout=timeout + self._timeout):
+                yield str(event.get("type")), dict(event.get("raw_object") or {})
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
             raise api_error(f"watching pod {self.namespace}/{name}", error) from error
         finally:
             watcher.stop()
 
+    def _pod_updates(self, pod: dict[str, Any], deadline: float
+                     ) -> Iterator[tuple[str, dict[str, Any] | None]]:
+        """("MODIFIED"/"DELETED", pod) for one pod until `deadline`, surviving a flaky API.
+
+        A watch that ends is reopened from the last resource version (bookmarks keep it
+        fresh); `410 Gone` re-reads the pod; transient errors are retried with backoff
+        until `deadline`. Yields ("DELETED", None) when the pod disappeared.
+        """
+        name = pod["metadata"]["name"]
+        version = str(pod["metadata"].get("resourceVersion") or "")
+        failures = 0
+        while (remaining := deadline - time.monotonic()) > 0:
+            opened, seen = time.monotonic(), False
+            try:
+                for kind, obj in self._watch_pod(name, version, remaining):
+                    failures, seen = 0, True
+                    version = str((obj.get("metadata") or {}).get("resourceVersion")
+                                  or version)
+                    if kind == "BOOKMARK":
+                        continue
+                    if kind == "ERROR":
+                        raise ClusterError(f"watching pod {self.namespace}/{name}: "
+                                           f"{obj.get('message', obj)}",
+                                           status=int(obj.get("code") or 0) or None,
+                                           transient=True)
+                    yield kind, (None if kind == "DELETED" else obj)
+                    if kind == "DELETED":
+                        return
+                if not seen and time.monotonic() - opened < 1.0:
+                    time.sleep(0.2)  # a server that ends watches at once: do not spin
+            except ClusterError as error:
+                if error.status == 410:
+                    # Our resource version is too old: re-list. The list's own version
+                    # is current, where an unchanged pod's would be too old again.
+                    listed = self._call(f"listing pod {self.namespace}/{name}",
+                                        self._core.list_namespaced_pod, self.namespace,
+                                        field_selector=f"metadata.name={name}")
+                    items = list(listed.get("items") or [])
+                    if not items:
+                        yield "DELETED", None
+                        return
+                    version = str((listed.get("metadata") or {}).get("resourceVersion")
+                                  or items[0]["metadata"].get("resourceVersion") or "")
+                    yield "MODIFIED", dict(items[0])
+                    continue
+                if not error.transient:
+                    raise
+                failures += 1
+                wait = min(0.2 * 2 ** failures, 5.0, max(0.0, deadline - time.monotonic()))
+                if error.retry_after is not None:
+                    wait = max(wait, min(error.retry_after,
+                                         max(0.0, deadline - time.monotonic())))
+                logs.get().warning("watching the pod again after a transient error",
+                                   attempt=failures, action=f"watching pod {self.namespace}/"
+                                   f"{name}", error=str(error), retry_in=f"{wait:.1f}s")
+                time.sleep(wait)
+
     def wait_running(self, created: dict[str, Any], timeout: float,
-                     progress: Callable[[PodState], None]) -> dict[str, Any]:
+                     progress: Callable[[PodState], None],
+                     unschedulable_timeout: float | None = None) -> dict[str, Any]:
         """Wait on a watch until every container of the pod runs.
 
-        Fails at once when the pod cannot start (see `podstatus.assess`), and after
-        `timeout` seconds when it still has not started (unschedulable, slow pulls).
+        Fails at once when the pod cannot start (see `podstatus.assess`), after
+        `unschedulable_timeout` seconds of the scheduler finding no node, and after
+        `timeout` seconds when it still has not started (slow pulls, a lost node).
 
         Raises:
             PodStartError: naming the reason; ClusterError when the API fails.
         """
         name = created["metadata"]["name"]
-        deadline = time.monotonic() + timeout
-        pod = created
-        version = str(created["metadata"].get("resourceVersion") or "")
-        last = assess(pod)
+        started = time.monotonic()
+        pod: dict[str, Any] = created
+        last = assess(created)
         progress(last)
         while last.phase == "starting":
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            limit = timeout
+            if last.unschedulable and unschedulable_timeout is not None:
+                limit = min(timeout, unschedulable_timeout)
+            if time.monotonic() - started >= limit:
                 raise PodStartError(f"pod {self.namespace}/{name} did not start within "
-                                    f"{timeout:g}s: {last.message}")
-            try:
-                for kind, obj in self._watch_pod(name, version, remaining):
-                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                    if kind == "BOOKMARK":
-                        continue
-                    if kind == "DELETED":
-                        raise PodStartError(f"pod {self.namespace}/{name} was deleted while "
-                                            "it was starting")
-                    pod = obj
-                    state = assess(pod)
-                    if state.message != last.message:
-                        progress(state)
-                    last = state
-                    if last.phase != "starting":
-                        break
-            except ClusterError as error:
-                if error.status != 410:
-                    raise
-                # Our resource version is too old: take the pod as it is now.
-                fresh = self.read_pod(name)
-                if fresh is None:
-                    raise PodStartError(f"pod {self.namespace}/{name} disappeared while it "
-                                        "was starting") from error
-                pod, version = fresh, str(fresh["metadata"].get("resourceVersion") or "")
-                last = assess(pod)
+                                    f"{limit:g}s: {last.message}")
+            for _kind, obj in self._pod_updates(pod, started + limit):
+                if obj is None:
+                    raise PodStartError(f"pod {self.namespace}/{name} was deleted while "
+                                        "it was starting")
+                pod = obj
+                state = assess(pod)
+                if state.message != last.message:
+                    progress(state)
+                changed = state.phase != last.phase or state.unschedulable != last.unschedulable
+                last = state
+                if changed:  # the time limit may be another one now
+                    break
         if last.phase == "failed":
             raise PodStartError(last.message)
         return pod
@@ -305,14 +492,12 @@ class Cluster:
     def wait_gone(self, name: str, timeout: float) -> bool:
         """Wait until the pod no longer exists; False if it is still there after `timeout`."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pod = self.read_pod(name)
-            if pod is None:
+        pod = self.read_pod(name)
+        if pod is None:
+            return True
+        for _kind, obj in self._pod_updates(pod, deadline):
+            if obj is None:
                 return True
-            version = str(pod["metadata"].get("resourceVersion") or "")
-            for kind, _ in self._watch_pod(name, version, deadline - time.monotonic()):
-                if kind == "DELETED":
-                    return True
         return self.read_pod(name) is None
 
     # --- exec -------------------------------------------------------------------
@@ -333,26 +518,29 @@ class Cluster:
         finally:
             session.close()
 
-    def run_script(self, pod: str, container: str, argv: list[str], script: bytes,
-                   stdout_fd: int, stderr_fd: int) -> int:
-        """Send `script` on stdin to `argv` in the container; stream its output; its exit code.
+    def exec_stream(self, pod: str, container: str, argv: list[str], stdin: bytes | None,
+                    out: Sink, err: Sink, stall_seconds: float) -> bytes:
+        """Run `argv` in the container, `stdin` sent first, output passed to the sinks.
 
-        Output is written to the file descriptors as it arrives, byte for byte.
+        Returns the exec's final status (JSON bytes; empty when the connection ended
+        without one).
 
         Raises:
-            ClusterError: the exec could not start, or the connection was lost before
-                the exit status arrived (the script's state is then unknown).
+            ClusterError: the exec could not start, or the connection failed or carried
+                nothing for `stall_seconds` (then `transient`).
         """
-        what = f"running a script in container {container} of pod {self.namespace}/{pod}"
-        with self._exec_session(pod, container, argv, stdin=True) as session:
+        what = f"running a command in container {container} of pod {self.namespace}/{pod}"
+        with self._exec_session(pod, container, argv, stdin=stdin is not None) as session:
             try:
-                for offset in range(0, len(script), STDIN_CHUNK):
-                    session.write_stdin(script[offset:offset + STDIN_CHUNK])
-                status = _pump(session, functools.partial(_write_all, stdout_fd),
-                               functools.partial(_write_all, stderr_fd), deadline=None)
+                for offset in range(0, len(stdin or b""), STDIN_CHUNK):
+                    session.write_stdin((stdin or b"")[offset:offset + STDIN_CHUNK])
+                return _pump(session, out, err, deadline=None, stall=stall_seconds)
+            except _Stalled as error:
+                raise ClusterError(f"{what}: the exec connection carried nothing for "
+                                   f"{error.seconds:g}s", transient=True) from error
             except (OSError, websocket.WebSocketException) as error:
-                raise ClusterError(f"{what}: the exec connection failed: {error}") from error
-        return _exit_code(what, status)
+                raise ClusterError(f"{what}: the exec connection failed: {error}",
+                                   transient=True) from error
 
     def run_quiet(self, pod: str, container: str, argv: list[str],
                   timeout: float) -> tuple[int, bytes]:
@@ -362,45 +550,78 @@ class Cluster:
         with self._exec_session(pod, container, argv, stdin=False) as session:
             try:
                 status = _pump(session, output.extend, output.extend,
-                               deadline=time.monotonic() + timeout)
+                               deadline=time.monotonic() + timeout, stall=None)
             except (OSError, websocket.WebSocketException) as error:
-                raise ClusterError(f"{what}: the exec connection failed: {error}") from error
-        return _exit_code(what, status), bytes(output)
+                raise ClusterError(f"{what}: the exec connection failed: {error}",
+                                   transient=True) from error
+        return exit_code(what, status), bytes(output)
+
+
+def owner_reference(pod: dict[str, Any]) -> dict[str, Any]:
+    """An ownerReference to the pod: Kubernetes deletes the dependent with it."""
+    metadata = pod["metadata"]
+    return {"apiVersion": "v1", "kind": "Pod", "name": metadata["name"],
+            "uid": metadata["uid"], "blockOwnerDeletion": False}
 
 
 Sink = Callable[[bytes], object]
 
 
-def _pump(session: Any, out: Sink, err: Sink, deadline: float | None) -> bytes:
+class _Stalled(Exception):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no data for {seconds:g}s")
+        self.seconds = seconds
+
+
+def _pump(session: Any, out: Sink, err: Sink, deadline: float | None,
+          stall: float | None) -> bytes:
     """Pass an exec's stdout and stderr to the sinks as they arrive; its status bytes."""
     status = bytearray()
+    last = time.monotonic()
     while session.is_open():
-        if deadline is not None and time.monotonic() > deadline:
+        now = time.monotonic()
+        if deadline is not None and now > deadline:
             break
-        session.update(timeout=1.0)
-        status += _drain(session, out, err)
-    status += _drain(session, out, err)
+        if stall is not None and now - last > stall:
+            raise _Stalled(stall)
+        try:
+            session.update(timeout=1.0)
+        except (OSError, websocket.WebSocketException):
+            # Frames that arrived before the failure are already in the channel
+            # buffers: pass them on, so the resume offset includes them.
+            _drain(session, out, err)
+            raise
+        got, raw = _drain(session, out, err)
+        status += raw
+        if got or raw:
+            last = time.monotonic()
+    status += _drain(session, out, err)[1]
     return bytes(status)
 
 
-def _drain(session: Any, out: Sink, err: Sink) -> bytes:
-    out(session.read_channel(CHANNEL_STDOUT) or b"")
-    err(session.read_channel(CHANNEL_STDERR) or b"")
-    return bytes(session.read_channel(CHANNEL_ERROR) or b"")
+def _drain(session: Any, out: Sink, err: Sink) -> tuple[int, bytes]:
+    stdout = session.read_channel(CHANNEL_STDOUT) or b""
+    stderr = session.read_channel(CHANNEL_STDERR) or b""
+    if stdout:
+        out(stdout)
+    if stderr:
+        err(stderr)
+    return len(stdout) + len(stderr), bytes(session.read_channel(CHANNEL_ERROR) or b"")
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to a file descriptor."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
         view = view[written:]
 
 
-def _exit_code(what: str, raw: bytes) -> int:
+def exit_code(what: str, raw: bytes) -> int:
     """The exit code in an exec's final Status; no status means the state is unknown."""
     if not raw:
         raise ClusterError(f"{what}: the connection ended before the exit status arrived; "
-                           "the script's outcome is unknown")
+                           "the command's outcome is unknown", transient=True)
     try:
         status = json.loads(raw)
     except ValueError as error:
@@ -412,4 +633,7 @@ def _exit_code(what: str, raw: bytes) -> int:
             if cause.get("reason") == "ExitCode":
                 return int(cause.get("message"))
     raise ClusterError(f"{what}: {status.get('code', '')} {status.get('reason', 'Failure')}: "
-                       f"{status.get('message', 'no message')}")
+                       f"{status.get('message', 'no message')}",
+                       status=int(status.get("code") or 0) or None,
+                       transient=_transient(int(status.get("code") or 0) or None,
+                                            str(status.get("message") or "")))

@@ -17,12 +17,13 @@ from typing import Any
 
 from . import __version__
 from .errors import JobFailed
-from .inpod import BIN_DIR, BUILD_ENTRYPOINT, DRIVER_DIR, HELPER_ENTRYPOINT
+from .inpod import BIN_DIR, BUILD_ENTRYPOINT, DRIVER_DIR, HELPER_ENTRYPOINT, LOG_DIR
 from .runner_env import JobContext
-from .settings import Settings
+from .settings import BuildSettings, HelperSettings, Settings
 
 MANAGED_BY = "runner-driver"
 LABEL_PREFIX = "runner-driver"
+MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 HELPER = "helper"
 BUILD = "build"
 # The PATH of the official helper image, with the directory holding `gitlab-runner`
@@ -98,10 +99,28 @@ def build_image(settings: Settings, job: JobContext) -> str:
         f"{settings.build.image}")
 
 
+def resources(container: BuildSettings | HelperSettings) -> dict[str, dict[str, str]]:
+    """A container's resources block from its settings; empty values are left out."""
+    found: dict[str, dict[str, str]] = {}
+    for kind, cpu, memory in (("requests", container.cpu_request, container.memory_request),
+                              ("limits", container.cpu_limit, container.memory_limit)):
+        values = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v}
+        if values:
+            found[kind] = values
+    return found
+
+
+def job_timeout_seconds(settings: Settings, job: JobContext) -> int:
+    """The job's timeout, or the configured default when the runner did not say."""
+    return job.timeout_seconds or settings.pod.default_job_timeout_seconds
+
+
 def active_deadline_seconds(settings: Settings, job: JobContext) -> int:
-    """How long the pod may live: the job timeout plus room for after_script and uploads."""
-    timeout = job.timeout_seconds or settings.pod.default_job_timeout_seconds
-    return timeout + settings.pod.deadline_margin_seconds
+    """How long the pod may live: the job timeout plus room for after_script and uploads.
+
+    `gc` relies on it: a pod past its deadline has no live job.
+    """
+    return job_timeout_seconds(settings, job) + settings.pod.deadline_margin_seconds
 
 
 def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
@@ -122,6 +141,7 @@ def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
         {"name": "cache", "mountPath": pod.cache_dir},
         {"name": "scratch", "mountPath": pod.scratch_dir},
         {"name": "driver", "mountPath": DRIVER_DIR},
+        {"name": "driver-logs", "mountPath": LOG_DIR},
     ]
     helper = {
         "name": HELPER,
@@ -129,6 +149,7 @@ def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
         "command": list(HELPER_ENTRYPOINT),
         "env": [{"name": "PATH", "value": HELPER_PATH},
                 {"name": "TMPDIR", "value": pod.scratch_dir}],
+        "resources": resources(settings.helper),
         "securityContext": copy.deepcopy(security),
         "volumeMounts": copy.deepcopy(mounts),
     }
@@ -140,6 +161,7 @@ def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
         # account token mounted, this variable is what it finds.
         "env": [{"name": "container", "value": "kube"},
                 {"name": "TMPDIR", "value": pod.scratch_dir}],
+        "resources": resources(settings.build),
         "securityContext": copy.deepcopy(security),
         "volumeMounts": copy.deepcopy(mounts),
     }
@@ -165,6 +187,7 @@ def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
                 {"name": "cache", "emptyDir": {}},
                 {"name": "scratch", "emptyDir": {}},
                 {"name": "driver", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+                {"name": "driver-logs", "emptyDir": {}},
             ],
             "containers": [helper, build],
         },

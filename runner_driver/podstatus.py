@@ -75,3 +75,58 @@ def assess(pod: dict[str, Any]) -> PodState:
     if starting:
         return PodState("starting", "; ".join(starting))
     return PodState("starting", f"pod {name} is {phase}")
+
+
+@dataclass(frozen=True)
+class Death:
+    """Why a running job pod (or one of its containers) can no longer run a stage.
+
+    `oom_exit_code` is set when the container the stage ran in was OOM-killed: the
+    job's own workload used too much memory, which is the script's failure.
+    """
+
+    message: str
+    oom_exit_code: int | None = None
+
+
+def diagnose(pod: dict[str, Any] | None, name: str, container: str) -> Death | None:
+    """Why the job's pod cannot run a stage in `container` any more; None if it still can.
+
+    `pod` is None when it no longer exists. Evictions, preemption, node loss and
+    deletion are the system's failures; an OOM-killed `container` is the script's.
+    """
+    if pod is None:
+        return Death(f"pod {name} no longer exists (deleted, or its node was removed)")
+    metadata = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            why = ": ".join(p for p in (condition.get("reason"), condition.get("message")) if p)
+            return Death(f"pod {name} was disrupted by Kubernetes ({why or 'no reason given'}); "
+                         "retry the job (retry: when: runner_system_failure)")
+    ended: dict[str, Any] | None = None
+    for state in status.get("containerStatuses") or ():
+        if state.get("name") == container:
+            ended = (state.get("state") or {}).get("terminated")
+    # The container's own OOM kill first: the pod may have ended because of it.
+    if ended is not None and ended.get("reason") == "OOMKilled":
+        code = int(ended.get("exitCode") or 0) or 137
+        limits = {c.get("name"): ((c.get("resources") or {}).get("limits") or {}).get("memory")
+                  for c in spec.get("containers") or ()}
+        limit = limits.get(container)
+        limit_text = f"its memory limit of {limit}" if limit else \
+            "the node's memory (no memory limit is set)"
+        return Death(f"container {container} of pod {name} was OOMKilled: it used all of "
+                     f"{limit_text}; exit code {code}", oom_exit_code=code)
+    if metadata.get("deletionTimestamp"):
+        return Death(f"pod {name} is being deleted")
+    if status.get("phase") in ("Failed", "Succeeded"):
+        why = ": ".join(p for p in (status.get("reason"), status.get("message")) if p)
+        return Death(f"pod {name} ended ({status.get('phase')}"
+                     f"{': ' + why if why else ''})")
+    if ended is not None:
+        why = ended.get("message") or ended.get("reason") or "no reason given"
+        return Death(f"container {container} of pod {name} stopped with exit code "
+                     f"{int(ended.get('exitCode') or 0)} ({why})")
+    return None

@@ -54,11 +54,12 @@ def prepare(settings: Settings, job: JobContext, cluster: Cluster, out: TextIO) 
             _say(out, f"Waiting for pod {cluster.namespace}/{name}: {state.message}")
 
     try:
-        pod = cluster.wait_running(created, settings.pod.start_timeout_seconds, progress)
+        pod = cluster.wait_running(created, settings.pod.start_timeout_seconds, progress,
+                                   settings.pod.unschedulable_timeout_seconds)
     except (PodStartError, ClusterError, Canceled) as error:
         if isinstance(error, PodStartError):
             _say(out, f"ERROR: pod {cluster.namespace}/{name} cannot start: {error}")
-            _show_events(cluster, name, out)
+            _show_events(cluster, name, str(created["metadata"].get("uid") or ""), out)
         _remove(cluster, name, out)
         raise
     node = (pod.get("spec") or {}).get("nodeName", "?")
@@ -71,15 +72,17 @@ def _say(out: TextIO, line: str) -> None:
     out.flush()
 
 
-def _show_events(cluster: Cluster, name: str, out: TextIO) -> None:
+def _show_events(cluster: Cluster, name: str, uid: str, out: TextIO) -> None:
     try:
-        events = cluster.pod_events(name)
+        events = cluster.pod_events(name, uid)
     except ClusterError as error:
         _say(out, f"(could not list the pod's events: {error})")
         return
+    # Normal events (Scheduled, Pulling, Created) say nothing about why it failed.
+    events = [e for e in events if e.get("type") == "Warning"]
     if not events:
         return
-    _say(out, f"Events of pod {cluster.namespace}/{name}:")
+    _say(out, f"Warning events of pod {cluster.namespace}/{name}:")
     for event in events:
         count = event.get("count") or 1
         repeat = f" (x{count})" if count > 1 else ""

@@ -2,10 +2,13 @@
 
 gitlab-runner calls this about ten times per job with a script that holds the job's
 secrets. The script travels on the exec's stdin (never in the URL, the pod spec or a
-log), lives in the pod only as an unlinked file on a memory volume, and its output
-reaches our stdout and stderr byte for byte as it arrives. A non-zero exit of the
-script is the job's failure (`JobFailed` with its code); anything else that goes
-wrong is the system's. This module must not interpret the script.
+log) and lives in the pod only as an unlinked file on a memory volume. It runs
+detached from the exec (see `inpod.STAGE_LAUNCHER`), writing its output to a file on
+a pod volume, so a dropped connection loses nothing: `run` reconnects with backoff and
+resumes from the byte offset it has, and the stage is never started twice. Output
+reaches our stdout byte for byte as it arrives. A non-zero exit of the script (or its
+container being OOM-killed) is the job's failure (`JobFailed` with its code); anything
+else that goes wrong is the system's. This module must not interpret the script.
 """
 
 from __future__ import annotations
@@ -13,13 +16,16 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import sys
+import time
 from pathlib import Path
 
 from . import logs
 from .errors import Canceled, ClusterError, ConfigError, JobFailed
-from .inpod import launcher_argv, stopper_argv
-from .kube import Cluster
+from .inpod import StageControl, launcher_argv, stopper_argv
+from .kube import Cluster, write_all
 from .podspec import BUILD, HELPER
+from .podstatus import diagnose
 
 # The stages GitLab's own Kubernetes executor runs in its helper container: they need
 # git and the `gitlab-runner` binary, which the kaniko image lacks.
@@ -27,6 +33,9 @@ HELPER_STAGES = frozenset({"prepare_script", "get_sources", "clear_worktree", "r
                            "download_artifacts", "cleanup_file_variables"})
 HELPER_STAGE_PREFIXES = ("archive_cache", "upload_artifacts_")
 STOP_TIMEOUT_SECONDS = 4.0
+# The launcher says "alive" every ~5 s while a script is quiet; three missed
+# heartbeats mean the connection is dead even if no error reached us.
+STALL_SECONDS = 20.0
 
 
 def container_for(stage: str) -> str:
@@ -39,12 +48,14 @@ def container_for(stage: str) -> str:
     return BUILD
 
 
-def run(cluster: Cluster, pod: str, script_path: Path, stage: str) -> None:
-    """Run the stage's script in the pod.
+def run(cluster: Cluster, pod: str, script_path: Path, stage: str,
+        out_fd: int = 1, stall_seconds: float = STALL_SECONDS) -> None:
+    """Run the stage's script in the pod, its output (stdout and stderr merged) to `out_fd`.
 
     Raises:
-        JobFailed: the script exited non-zero (its code is kept).
-        ClusterError: the script could not be run or its outcome is unknown.
+        JobFailed: the script exited non-zero (its code is kept), or its build
+            container was OOM-killed (137).
+        ClusterError: the script could not be run, or the pod died under it.
         Canceled: SIGTERM arrived; the script in the pod was stopped first.
     """
     try:
@@ -58,14 +69,88 @@ def run(cluster: Cluster, pod: str, script_path: Path, stage: str) -> None:
     log = logs.get().bind(container=container, stage_id=stage_id)
     log.debug("running stage script", bytes=len(script))
     try:
-        code = cluster.run_script(pod, container, launcher_argv(len(script), stage_id),
-                                  script, stdout_fd=1, stderr_fd=2)
+        code = _follow(cluster, pod, container, stage_id, script, out_fd, stall_seconds)
     except Canceled:
         _stop(cluster, pod, container, stage_id)
         raise
     if code != 0:
         log.info("stage script failed", exit_code=code)
         raise JobFailed(f"the {stage} script exited with code {code}", exit_code=code)
+
+
+class _Output:
+    """Writes the stage's output through and counts it: the offset to resume from."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.offset = 0
+
+    def __call__(self, data: bytes) -> None:
+        write_all(self.fd, data)
+        self.offset += len(data)
+
+
+def _follow(cluster: Cluster, pod: str, container: str, stage_id: str, script: bytes,
+            out_fd: int, stall_seconds: float) -> int:
+    """Start the stage (once) and follow it to its exit code across reconnects."""
+    log = logs.get()
+    output = _Output(out_fd)
+    started = False
+    attempt = 0
+    progress_at = time.monotonic()
+    while True:
+        control = StageControl()
+        before = output.offset
+        argv = launcher_argv(None if started else len(script), stage_id, output.offset)
+        failure: ClusterError | None = None
+        status = b""
+        try:
+            status = cluster.exec_stream(pod, container, argv, None if started else script,
+                                         output, control.feed, stall_seconds=stall_seconds)
+        except ClusterError as error:
+            failure = error
+        first_start = control.started and not started
+        started = started or control.started
+        if control.exit_code is not None:
+            return control.exit_code
+        if control.error:
+            raise ClusterError(f"running the stage in container {container} of pod "
+                               f"{cluster.namespace}/{pod}: {control.error}")
+        # No exit status: the connection dropped, or the pod or container died.
+        death = diagnose(cluster.read_pod(pod), f"{cluster.namespace}/{pod}", container)
+        if death is not None:
+            if death.oom_exit_code is not None and container == BUILD:
+                sys.stderr.write(f"runner-driver: {death.message}\n")
+                sys.stderr.flush()
+                raise JobFailed(death.message, exit_code=death.oom_exit_code)
+            raise ClusterError(f"running the stage in container {container}: {death.message}")
+        if failure is None:
+            failure = ClusterError(
+                f"running the stage in container {container} of pod {cluster.namespace}/"
+                f"{pod}: the exec ended without the stage's exit status "
+                f"({_describe(status, control)})", transient=not control.diagnostics)
+        if not failure.transient:
+            raise failure
+        if output.offset > before or first_start:
+            progress_at = time.monotonic()
+            attempt = 0
+        attempt += 1
+        waited = time.monotonic() - progress_at
+        if waited > cluster.retry_timeout:
+            raise ClusterError(f"{failure}; gave up reconnecting after {waited:.0f}s "
+                               f"without progress (the stage may still be running)")
+        wait = min(0.1 * 2 ** (attempt - 1), 5.0)
+        if failure.retry_after is not None:
+            wait = max(wait, failure.retry_after)
+        log.warning("reconnecting to the stage after a lost connection", attempt=attempt,
+                    offset=output.offset, error=str(failure), retry_in=f"{wait:.1f}s")
+        time.sleep(wait)
+
+
+def _describe(status: bytes, control: StageControl) -> str:
+    said = "; ".join(control.diagnostics[-3:])
+    text = status.decode(errors="replace")[:300] if status else "no status"
+    return f"{text}{'; ' + said if said else ''}"
 
 
 def _stop(cluster: Cluster, pod: str, container: str, stage_id: str) -> None:

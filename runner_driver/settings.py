@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -46,6 +47,7 @@ class KubernetesSettings:
     context: str = ""
     namespace: str = ""
     request_timeout_seconds: float = 30.0
+    retry_timeout_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class PodSettings:
     cache_dir: str = "/cache"
     scratch_dir: str = "/scratch"
     start_timeout_seconds: float = 300.0
+    unschedulable_timeout_seconds: float = 120.0
     termination_grace_period_seconds: int = 10
     default_job_timeout_seconds: int = 3600
     deadline_margin_seconds: int = 900
@@ -67,6 +70,10 @@ class BuildSettings:
 
     image: str = KANIKO_DEBUG_IMAGE
     allowed_images: tuple[str, ...] = DEFAULT_ALLOWED_IMAGES
+    cpu_request: str = ""
+    memory_request: str = ""
+    cpu_limit: str = ""
+    memory_limit: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,10 @@ class HelperSettings:
     """The `helper` container, where git, cache and artifact stages run."""
 
     image: str = HELPER_IMAGE
+    cpu_request: str = ""
+    memory_request: str = ""
+    cpu_limit: str = ""
+    memory_limit: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,10 @@ class Settings:
 
 
 LEVELS = ("debug", "info", "warning", "error")
+# Kubernetes quantities as operators write them (a subset of the API's grammar that
+# excludes the surprising ones: exponents, and `m` on memory, which means millibytes).
+_CPU = re.compile(r"(\d+(\.\d+)?|\d+m)")
+_MEMORY = re.compile(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
 FORMATS = ("console", "json")
 
 
@@ -224,7 +239,7 @@ def _check(settings: Settings, path: Path) -> None:
     if len(set(dirs)) != 3 or any(a != b and b.startswith(a + "/") for a in dirs for b in dirs):
         raise fail("pod", "builds_dir, cache_dir and scratch_dir must be separate directories, "
                           "none inside another")
-    for key in ("start_timeout_seconds",):
+    for key in ("start_timeout_seconds", "unschedulable_timeout_seconds"):
         if getattr(pod, key) <= 0:
             raise fail(f"pod.{key}", "must be greater than 0")
     for key in ("termination_grace_period_seconds", "deadline_margin_seconds"):
@@ -232,8 +247,20 @@ def _check(settings: Settings, path: Path) -> None:
             raise fail(f"pod.{key}", "must not be negative")
     if pod.default_job_timeout_seconds <= 0:
         raise fail("pod.default_job_timeout_seconds", "must be greater than 0")
-    if settings.kubernetes.request_timeout_seconds <= 0:
-        raise fail("kubernetes.request_timeout_seconds", "must be greater than 0")
+    for key in ("request_timeout_seconds", "retry_timeout_seconds"):
+        if getattr(settings.kubernetes, key) <= 0:
+            raise fail(f"kubernetes.{key}", "must be greater than 0")
+    for section in ("build", "helper"):
+        for key in ("cpu_request", "cpu_limit"):
+            value = getattr(getattr(settings, section), key)
+            if value and not _CPU.fullmatch(value):
+                raise fail(f"{section}.{key}", f"must be a CPU quantity such as 500m or 2, "
+                                               f"got {value!r}")
+        for key in ("memory_request", "memory_limit"):
+            value = getattr(getattr(settings, section), key)
+            if value and not _MEMORY.fullmatch(value):
+                raise fail(f"{section}.{key}", f"must be a memory quantity such as 512Mi or "
+                                               f"2Gi, got {value!r}")
     if not settings.build.image:
         raise fail("build.image", "must not be empty")
     if not settings.helper.image:

@@ -1,4 +1,5 @@
-"""`cleanup` over the wire: idempotent, independent of earlier stages, quick."""
+"""`cleanup` over the wire: idempotent, independent of earlier stages, quick, and riding
+out a flaky API without leaking the pod."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Any
 
 from kubernetes import client
 
-from runner_driver.emulator.runner import Job
+from runner_driver.emulator import EmulatedCluster
+from runner_driver.emulator.runner import SYSTEM_FAILURE_EXIT_CODE, Job
 from tests.conftest import next_job_id, pods_left, wait_for
 
 
@@ -39,3 +41,29 @@ def test_cleanup_without_prepare_finds_the_pod_by_job_identity(
         session.job_env = {}
         assert session.call("cleanup", ["cleanup"]).exit_code == 0
         wait_for(lambda: name not in pods_left(core), timeout=10, what=f"{name} deleted")
+
+
+def test_cleanup_retries_transient_api_errors_but_not_refusals(
+        runner: Any, cluster: EmulatedCluster, core: client.CoreV1Api) -> None:
+    """A 403 on the delete fails at once, naming it; 503s are retried and logged, not leaked."""
+    with runner.session(Job(job_id=next_job_id())) as session:
+        name = session.hostname
+        path = f"^/api/v1/namespaces/default/pods/{name}$"
+        before = cluster.request_counts().get("delete pods", 0)
+        cluster.fail_requests("DELETE", path, 1, 403)
+        try:
+            refused = session.call("cleanup", ["cleanup"])
+            assert cluster.request_counts()["delete pods"] - before == 1
+            cluster.fail_requests("DELETE", path, 2, 503)
+            retried = session.call("cleanup", ["cleanup"])
+        finally:
+            cluster.clear_faults()
+        assert refused.exit_code == SYSTEM_FAILURE_EXIT_CODE
+        assert refused.stderr.decode().strip().splitlines()[-1].startswith(
+            f"runner-driver cleanup: deleting pod default/{name}: 403")
+        assert "retrying" not in refused.stderr.decode()
+        assert retried.exit_code == 0, retried.stderr
+        wait_for(lambda: name not in pods_left(core), timeout=10, what=f"{name} deleted")
+    warnings = [line for line in retried.stderr.decode().splitlines() if "retrying" in line]
+    assert len(warnings) == 2, retried.stderr
+    assert all(f"deleting pod default/{name}" in line and "503" in line for line in warnings)

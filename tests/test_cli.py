@@ -21,8 +21,9 @@ from kubernetes import client, config
 from kubernetes.stream import stream
 
 from runner_driver import cli
+from runner_driver.emulator import EmulatedCluster
 from runner_driver.emulator.runner import Job, bash_script
-from tests.conftest import KANIKO, KANIKO_IDLE, next_job_id, wait_for
+from tests.conftest import KANIKO, KANIKO_IDLE, job_pod, next_job_id, wait_for
 
 
 def _cli(*args: str) -> list[str]:
@@ -292,17 +293,98 @@ def test_unusable_kubeconfig_is_one_line_naming_it(tmp_path: Path, content: str 
     assert result.stdout == ""
 
 
-def test_cleanup_against_an_unreachable_cluster_fails_promptly(tmp_path: Path) -> None:
-    """cleanup with the API down exits promptly with the system code and one line."""
+def test_cleanup_against_an_unreachable_cluster_fails_after_the_retry_budget(
+        tmp_path: Path) -> None:
+    """With the API down, cleanup retries (logged) for retry_timeout_seconds, then fails."""
     kubeconfig = _kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{_closed_port()}")
+    env = _settings(tmp_path / "driver.toml", "[kubernetes]\nretry_timeout_seconds = 1.0\n")
     started = time.monotonic()
-    result = _driver(tmp_path, "cleanup", env={**CODES, **JOB, "KUBECONFIG": str(kubeconfig)},
-                     timeout=30)
-    assert time.monotonic() - started < 20
+    result = _driver(tmp_path, "cleanup",
+                     env={**CODES, **JOB, **env, "KUBECONFIG": str(kubeconfig)}, timeout=30)
+    assert time.monotonic() - started < 10
     assert result.returncode == 5
-    line = _one_line(result.stderr)
-    assert line.startswith("runner-driver cleanup: deleting pod default/runner-project-9-job-101: "
+    *retries, last = result.stderr.strip().splitlines()
+    assert last.startswith("runner-driver cleanup: deleting pod default/runner-project-9-job-101: "
                            "cannot reach the Kubernetes API")
+    assert retries, result.stderr
+    for line in retries:
+        assert "retrying a Kubernetes API call after a transient error" in line
+        assert "action='deleting pod default/runner-project-9-job-101'" in line
+        assert "stage=cleanup" in line and "job_id=101" in line
+
+
+# --- cleanup and SIGTERM -------------------------------------------------------------------
+# gitlab-runner may SIGTERM cleanup (a cancel, a shutdown). Its delete is the whole point, so
+# a request in flight may land, for at most cli.CLEANUP_SIGTERM_GRACE_SECONDS.
+
+CLEANUP_POD = "runner-project-9-job-101"  # the name JOB derives
+
+
+def _cleanup_against_slow_delete(tmp_path: Path, kubeconfig: Path, cluster: EmulatedCluster,
+                                 core: client.CoreV1Api, namespace: str,
+                                 latency: float) -> tuple[subprocess.Popen[str], float]:
+    """Start `runner-driver cleanup` on a pod whose delete takes `latency` s; SIGTERM it while
+    the delete is in flight. Returns the process and when SIGTERM was sent."""
+    core.create_namespaced_pod(namespace, job_pod(CLEANUP_POD))
+    cluster.add_latency(latency, "DELETE", f"^/api/v1/namespaces/{namespace}/pods/{CLEANUP_POD}$",
+                        count=1)
+    env = _settings(tmp_path / "driver.toml", f'[kubernetes]\nnamespace = "{namespace}"\n')
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+    before = cluster.request_counts().get("delete pods", 0)
+    process = subprocess.Popen([str(DRIVER), "cleanup"],
+                               env={**base, **CODES, **JOB, **env, "KUBECONFIG": str(kubeconfig)},
+                               cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        # The emulator logs a request when it arrives, before the injected latency: from
+        # then on the delete is in flight and the driver's SIGTERM handler is installed.
+        wait_for(lambda: cluster.request_counts().get("delete pods", 0) > before, 20,
+                 what="cleanup's delete request")
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    process.send_signal(signal.SIGTERM)
+    return process, time.monotonic()
+
+
+@pytest.fixture
+def unfaulted(cluster: EmulatedCluster) -> Iterator[EmulatedCluster]:
+    """The module's emulated cluster, with every armed fault disarmed after the test."""
+    yield cluster
+    cluster.clear_faults()
+
+
+def test_sigterm_lets_cleanups_delete_land(tmp_path: Path, kubeconfig: Path,
+                                           unfaulted: EmulatedCluster, core: client.CoreV1Api,
+                                           namespace: str) -> None:
+    """SIGTERM during cleanup's delete lets it land: the pod is deleted and cleanup exits 0."""
+    process, signaled = _cleanup_against_slow_delete(tmp_path, kubeconfig, unfaulted, core,
+                                                     namespace, latency=1.5)
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - signaled < cli.CLEANUP_SIGTERM_GRACE_SECONDS + 1.0
+    assert process.returncode == 0, err
+
+    def deleted() -> bool:
+        pods = core.list_namespaced_pod(namespace).items
+        return all(p.metadata.deletion_timestamp is not None for p in pods)
+
+    wait_for(deleted, 10, what=f"{CLEANUP_POD} to be deleted")
+
+
+def test_sigterm_stops_a_hanging_cleanup_after_the_grace(
+        tmp_path: Path, kubeconfig: Path, unfaulted: EmulatedCluster,
+        core: client.CoreV1Api, namespace: str) -> None:
+    """A delete still hanging 3 s after SIGTERM is abandoned: system failure, "canceled"."""
+    process, signaled = _cleanup_against_slow_delete(tmp_path, kubeconfig, unfaulted, core,
+                                                     namespace, latency=5.0)
+    _, err = process.communicate(timeout=30)
+    waited = time.monotonic() - signaled
+    assert cli.CLEANUP_SIGTERM_GRACE_SECONDS - 0.2 <= waited < \
+        cli.CLEANUP_SIGTERM_GRACE_SECONDS + 1.5
+    assert process.returncode == 5
+    assert err.strip().splitlines()[-1] == \
+        "runner-driver cleanup: canceled: gitlab-runner sent SIGTERM; stopped"
 
 
 @pytest.fixture

@@ -13,12 +13,16 @@ import pytest
 
 from runner_driver import __version__
 from runner_driver.errors import JobFailed
+from runner_driver.inpod import LOG_DIR
 from runner_driver.podspec import (
+    MANAGED_SELECTOR,
     active_deadline_seconds,
     build_image,
     build_pod,
+    job_timeout_seconds,
     labels,
     pod_name,
+    resources,
 )
 from runner_driver.runner_env import JobContext
 from runner_driver.settings import (
@@ -112,7 +116,8 @@ def test_representative_job_manifest_is_exact() -> None:
     mounts = [{"name": "builds", "mountPath": "/builds"},
               {"name": "cache", "mountPath": "/cache"},
               {"name": "scratch", "mountPath": "/scratch"},
-              {"name": "driver", "mountPath": "/runner-driver"}]
+              {"name": "driver", "mountPath": "/runner-driver"},
+              {"name": "driver-logs", "mountPath": "/runner-driver-logs"}]
     expected = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -142,6 +147,7 @@ def test_representative_job_manifest_is_exact() -> None:
                 {"name": "cache", "emptyDir": {}},
                 {"name": "scratch", "emptyDir": {}},
                 {"name": "driver", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+                {"name": "driver-logs", "emptyDir": {}},
             ],
             "containers": [
                 {
@@ -153,6 +159,7 @@ def test_representative_job_manifest_is_exact() -> None:
                              "value": "/runner-driver/bin:/usr/local/sbin:/usr/local/bin:"
                                       "/usr/sbin:/usr/bin:/sbin:/bin"},
                             {"name": "TMPDIR", "value": "/scratch"}],
+                    "resources": {},
                     "securityContext": security,
                     "volumeMounts": mounts,
                 },
@@ -163,6 +170,7 @@ def test_representative_job_manifest_is_exact() -> None:
                                 "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"],
                     "env": [{"name": "container", "value": "kube"},
                             {"name": "TMPDIR", "value": "/scratch"}],
+                    "resources": {},
                     "securityContext": security,
                     "volumeMounts": mounts,
                 },
@@ -416,13 +424,14 @@ def test_helper_command_traps_term() -> None:
 @pytest.mark.parametrize("settings", [pytest.param(Settings(), id="defaults"),
                                       pytest.param(CUSTOM, id="custom")])
 def test_volumes_are_mounted_in_both_containers(settings: Settings) -> None:
-    """builds, cache, scratch and driver emptyDirs are mounted at the settings' paths."""
+    """builds, cache, scratch, driver and driver-logs emptyDirs are mounted in both containers."""
     manifest = build_pod(settings, make_job(job_image=settings.build.image))
     volumes = {v["name"]: v for v in manifest["spec"]["volumes"]}
-    assert set(volumes) == {"builds", "cache", "scratch", "driver"}
+    assert set(volumes) == {"builds", "cache", "scratch", "driver", "driver-logs"}
     assert all("emptyDir" in v and len(v) == 2 for v in volumes.values())
     expected = {"builds": settings.pod.builds_dir, "cache": settings.pod.cache_dir,
-                "scratch": settings.pod.scratch_dir, "driver": "/runner-driver"}
+                "scratch": settings.pod.scratch_dir, "driver": "/runner-driver",
+                "driver-logs": LOG_DIR}
     for container in manifest["spec"]["containers"]:
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         assert mounts == expected, container["name"]
@@ -433,6 +442,13 @@ def test_driver_volume_is_memory_backed() -> None:
     volumes = {v["name"]: v for v in build_pod(Settings(), make_job())["spec"]["volumes"]}
     assert volumes["driver"]["emptyDir"]["medium"] == "Memory"
     assert all("medium" not in volumes[n]["emptyDir"] for n in ("builds", "cache", "scratch"))
+
+
+def test_stage_logs_volume_is_disk_backed_and_unbounded() -> None:
+    """Stage output goes to its own disk-backed emptyDir at inpod.LOG_DIR, with no size limit."""
+    volumes = {v["name"]: v for v in build_pod(Settings(), make_job())["spec"]["volumes"]}
+    assert volumes["driver-logs"] == {"name": "driver-logs", "emptyDir": {}}
+    assert LOG_DIR == "/runner-driver-logs"
 
 
 # Deadline.
@@ -450,6 +466,82 @@ def test_active_deadline_is_timeout_plus_margin(settings: Settings, timeout: int
     job = make_job(timeout_seconds=timeout, job_image=settings.build.image)
     assert active_deadline_seconds(settings, job) == expected
     assert build_pod(settings, job)["spec"]["activeDeadlineSeconds"] == expected
+
+
+# Resources.
+
+SIZED = Settings(
+    build=BuildSettings(cpu_request="500m", memory_request="1Gi", cpu_limit="2",
+                        memory_limit="4Gi"),
+    helper=HelperSettings(cpu_request="100m", memory_limit="256Mi"),
+)
+
+
+@pytest.mark.parametrize(("container", "expected"), [
+    pytest.param(BuildSettings(), {}, id="none"),
+    pytest.param(BuildSettings(cpu_request="500m"), {"requests": {"cpu": "500m"}},
+                 id="cpu-request-only"),
+    pytest.param(HelperSettings(memory_limit="256Mi"), {"limits": {"memory": "256Mi"}},
+                 id="memory-limit-only"),
+    pytest.param(BuildSettings(memory_request="1Gi", cpu_limit="2"),
+                 {"requests": {"memory": "1Gi"}, "limits": {"cpu": "2"}}, id="crossed"),
+    pytest.param(HelperSettings(cpu_request="1", memory_request="2Gi", cpu_limit="1.5",
+                                memory_limit="3Gi"),
+                 {"requests": {"cpu": "1", "memory": "2Gi"},
+                  "limits": {"cpu": "1.5", "memory": "3Gi"}}, id="all-four"),
+])
+def test_resources_leave_out_what_is_unset(container: BuildSettings | HelperSettings,
+                                           expected: dict[str, dict[str, str]]) -> None:
+    """Only the quantities set appear; a kind (requests, limits) with none is left out."""
+    assert resources(container) == expected
+
+
+def test_each_container_gets_its_own_resources() -> None:
+    """The build container gets [build]'s quantities and the helper [helper]'s, unmixed."""
+    found = containers(build_pod(SIZED, make_job()))
+    assert found["build"]["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                           "limits": {"cpu": "2", "memory": "4Gi"}}
+    assert found["helper"]["resources"] == {"requests": {"cpu": "100m"},
+                                            "limits": {"memory": "256Mi"}}
+
+
+def test_no_resources_set_gives_empty_blocks() -> None:
+    """With the defaults both containers have an empty resources block (LimitRange applies)."""
+    found = containers(build_pod(Settings(), make_job()))
+    assert found["build"]["resources"] == {} and found["helper"]["resources"] == {}
+
+
+def test_manifest_with_resources_validates_against_kubernetes_schema() -> None:
+    """A pod with requests and limits on both containers is a strictly valid v1 Pod."""
+    manifest = build_pod(SIZED, make_job())
+    assert kubernetes_validate.validate(manifest, K8S_VERSION, strict=True) == K8S_MINOR
+
+
+# The job timeout behind the deadline, and the selector gc uses.
+
+
+@pytest.mark.parametrize(("settings", "timeout", "expected"), [
+    pytest.param(Settings(), 600, 600, id="job-timeout"),
+    pytest.param(Settings(), None, 3600, id="default-timeout"),
+    pytest.param(CUSTOM, None, 7200, id="custom-default"),
+    pytest.param(CUSTOM, 60, 60, id="job-timeout-wins-over-custom-default"),
+])
+def test_deadline_is_the_jobs_timeout_plus_the_margin(settings: Settings, timeout: int | None,
+                                                      expected: int) -> None:
+    """The job timeout (or the default) plus the margin is the pod's activeDeadlineSeconds."""
+    job = make_job(timeout_seconds=timeout, job_image=settings.build.image)
+    assert job_timeout_seconds(settings, job) == expected
+    assert build_pod(settings, job)["spec"]["activeDeadlineSeconds"] == expected + \
+        settings.pod.deadline_margin_seconds
+    assert active_deadline_seconds(settings, job) == expected + \
+        settings.pod.deadline_margin_seconds
+
+
+@pytest.mark.parametrize("job", TRICKY_JOBS)
+def test_managed_selector_matches_every_job_pod(job: JobContext) -> None:
+    """MANAGED_SELECTOR (what gc lists by) matches the labels of every pod the driver builds."""
+    key, _, value = MANAGED_SELECTOR.partition("=")
+    assert build_pod(Settings(), job)["metadata"]["labels"][key] == value
 
 
 # What must never be in the manifest, and purity.
@@ -471,8 +563,9 @@ def test_manifest_holds_no_secret() -> None:
 
 def test_builder_is_pure() -> None:
     """Same input gives equal output, inputs stay unchanged, outputs share no state."""
-    settings, job = CUSTOM, make_job(job_image="registry.example.com/kaniko:debug",
-                                     secrets=("a-secret-value",))
+    settings = replace(CUSTOM, build=replace(CUSTOM.build, cpu_request="1", memory_limit="1Gi"),
+                       helper=replace(CUSTOM.helper, memory_request="128Mi"))
+    job = make_job(job_image="registry.example.com/kaniko:debug", secrets=("a-secret-value",))
     settings_before, job_before = copy.deepcopy(settings), copy.deepcopy(job)
     first = build_pod(settings, job)
     pristine = copy.deepcopy(first)
@@ -486,5 +579,7 @@ def test_builder_is_pure() -> None:
         container["env"].clear()
         container["securityContext"]["capabilities"]["drop"].append("ALL")
         container["volumeMounts"].clear()
+        for kind in container["resources"].values():
+            kind["cpu"] = "99"
     first["spec"]["volumes"][3]["emptyDir"]["medium"] = ""
     assert build_pod(settings, job) == pristine

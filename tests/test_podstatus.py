@@ -1,4 +1,5 @@
-"""Reading pod status: running, still starting, or failed, in the kubelet's own words."""
+"""Reading pod status: running, still starting, or failed, in the kubelet's own words;
+and why a running job pod can no longer run a stage (`diagnose`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from runner_driver.podstatus import PodState, assess
+from runner_driver.podstatus import Death, PodState, assess, diagnose
 
 KANIKO = "gcr.io/kaniko-project/executor:v1.23.2-debug"
 HELPER = "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:x86_64-v17.0.0"
@@ -197,4 +198,145 @@ def test_assess_does_not_change_the_pod() -> None:
     body = pod(pending(running("helper", HELPER), waiting("build", KANIKO, "ContainerCreating")))
     before = repr(body)
     assess(body)
+    assert repr(body) == before
+
+
+# --- diagnose: why a running job pod can no longer run a stage ----------------------------
+
+
+def limited(body: dict[str, Any], container: str, memory: str) -> dict[str, Any]:
+    """`body` with a memory limit on one container of its spec."""
+    for spec in body["spec"]["containers"]:
+        if spec["name"] == container:
+            spec["resources"] = {"requests": {"memory": "1Gi"}, "limits": {"memory": memory}}
+    return body
+
+
+RUNNING = [running("helper", HELPER), running("build", KANIKO)]
+OOM_BUILD = [running("helper", HELPER), terminated("build", KANIKO, 137, "OOMKilled")]
+DISRUPTED = condition("DisruptionTarget", "True", "EvictionByEvictionAPI",
+                      "Eviction API: evicting")
+
+DIAGNOSES = [
+    pytest.param(None, "build", None, [NAME, "no longer exists"], id="pod-gone"),
+    pytest.param(pod({"phase": "Running", "conditions": [*SCHEDULED, DISRUPTED],
+                      "containerStatuses": RUNNING}),
+                 "build", None,
+                 [NAME, "disrupted", "EvictionByEvictionAPI: Eviction API: evicting",
+                  "runner_system_failure"], id="disruption-target"),
+    pytest.param(pod({"phase": "Running",
+                      "conditions": [*SCHEDULED, condition("DisruptionTarget", "True")],
+                      "containerStatuses": RUNNING}),
+                 "build", None, ["disrupted", "no reason given"],
+                 id="disruption-target-without-reason"),
+    pytest.param(limited(pod({"phase": "Running", "conditions": [*SCHEDULED, DISRUPTED],
+                              "containerStatuses": OOM_BUILD}), "build", "4Gi"),
+                 "build", None, ["disrupted"], id="disruption-wins-over-oom"),
+    pytest.param(pod({"phase": "Failed", "reason": "Evicted",
+                      "message": "The node was low on resource: memory.",
+                      "containerStatuses": RUNNING}),
+                 "build", None, [NAME, "ended (Failed: Evicted: The node was low on resource"],
+                 id="failed-evicted"),
+    pytest.param(pod({"phase": "Failed", "reason": "DeadlineExceeded",
+                      "message": "Pod was active on the node longer than the specified "
+                                 "deadline"}),
+                 "helper", None, ["Failed: DeadlineExceeded", "deadline"],
+                 id="failed-deadline-exceeded"),
+    pytest.param(pod({"phase": "Succeeded",
+                      "containerStatuses": [terminated("helper", HELPER, 0, "Completed"),
+                                            terminated("build", KANIKO, 0, "Completed")]}),
+                 "build", None, [NAME, "ended (Succeeded)"], id="succeeded"),
+    pytest.param(pod({"phase": "Running", "containerStatuses": RUNNING},
+                     deletionTimestamp="2025-01-01T10:05:00Z", deletionGracePeriodSeconds=10),
+                 "build", None, [NAME, "is being deleted"], id="being-deleted"),
+    pytest.param(limited(pod({"phase": "Failed", "containerStatuses": [
+        terminated("helper", HELPER, 143, "Error"),
+        terminated("build", KANIKO, 137, "OOMKilled")]}),
+        "build", "2Gi"),
+                 "build", 137, ["OOMKilled", "its memory limit of 2Gi"],
+                 id="oom-wins-over-the-failed-pod-it-caused"),
+    pytest.param(pod({"phase": "Running", "containerStatuses": [
+        running("helper", HELPER), terminated("build", KANIKO, 137, "Error")]},
+        deletionTimestamp="2025-01-01T10:05:00Z"),
+                 "build", None, [NAME, "is being deleted"],
+                 id="deletion-wins-over-the-containers-it-stopped"),
+    pytest.param(limited(pod({"phase": "Running", "containerStatuses": OOM_BUILD}),
+                         "build", "4Gi"),
+                 "build", 137,
+                 ["container build", NAME, "OOMKilled", "its memory limit of 4Gi",
+                  "exit code 137"], id="oom-killed-with-limit"),
+    pytest.param(pod({"phase": "Running", "containerStatuses": OOM_BUILD}),
+                 "build", 137,
+                 ["container build", "OOMKilled", "the node's memory (no memory limit is set)"],
+                 id="oom-killed-without-limit"),
+    pytest.param(limited(pod({"phase": "Running", "containerStatuses": OOM_BUILD}),
+                         "helper", "256Mi"),
+                 "build", 137, ["no memory limit is set"],
+                 id="oom-killed-other-containers-limit-not-named"),
+    pytest.param(limited(pod({"phase": "Running", "containerStatuses": [
+        running("helper", HELPER), terminated("build", KANIKO, 0, "OOMKilled")]}),
+        "build", "1Gi"),
+                 "build", 137, ["its memory limit of 1Gi", "exit code 137"],
+                 id="oom-killed-without-exit-code-is-137"),
+    pytest.param(pod({"phase": "Running", "containerStatuses": [
+        terminated("helper", HELPER, 2, "Error", "gitlab-runner-helper: fatal"),
+        running("build", KANIKO)]}),
+                 "helper", None,
+                 ["container helper", NAME, "stopped with exit code 2",
+                  "gitlab-runner-helper: fatal"], id="terminated-with-message"),
+    pytest.param(pod({"phase": "Running", "containerStatuses": [
+        running("helper", HELPER), terminated("build", KANIKO, 143, "Error")]}),
+                 "build", None, ["stopped with exit code 143 (Error)"],
+                 id="terminated-reason-only"),
+    pytest.param(pod({"phase": "Running", "containerStatuses": [
+        running("helper", HELPER),
+        {"name": "build", "image": KANIKO, "state": {"terminated": {"exitCode": 1}}}]}),
+                 "build", None, ["stopped with exit code 1 (no reason given)"],
+                 id="terminated-without-reason"),
+]
+
+
+@pytest.mark.parametrize(("body", "container", "oom_exit_code", "words"), DIAGNOSES)
+def test_diagnose(body: dict[str, Any] | None, container: str, oom_exit_code: int | None,
+                  words: list[str]) -> None:
+    """Each dead or dying pod gets a Death naming why; only an OOM kill carries an exit code."""
+    death = diagnose(body, NAME, container)
+    assert death is not None
+    assert death.oom_exit_code == oom_exit_code
+    for word in words:
+        assert word in death.message, (word, death.message)
+
+
+@pytest.mark.parametrize(("body", "container"), [
+    pytest.param(pod({"phase": "Running", "conditions": SCHEDULED, "containerStatuses": RUNNING}),
+                 "build", id="all-running"),
+    pytest.param(pod({"phase": "Running", "containerStatuses": OOM_BUILD}), "helper",
+                 id="other-container-oom-killed"),
+    pytest.param(pod({"phase": "Running", "containerStatuses": [
+        running("helper", HELPER), waiting("build", KANIKO, "ContainerCreating")]}),
+                 "build", id="container-waiting"),
+    pytest.param(pod({"phase": "Running", "containerStatuses": [running("helper", HELPER)]}),
+                 "build", id="no-status-for-the-container"),
+    pytest.param(pod({"phase": "Running",
+                      "conditions": [*SCHEDULED, condition("DisruptionTarget", "False")],
+                      "containerStatuses": RUNNING}), "build", id="disruption-target-false"),
+    pytest.param(pod({}), "build", id="empty-status"),
+])
+def test_diagnose_a_pod_that_can_still_run_the_stage(body: dict[str, Any],
+                                                     container: str) -> None:
+    """A pod whose container still runs (or has not reported) gets no Death."""
+    assert diagnose(body, NAME, container) is None
+
+
+def test_diagnose_pod_gone_is_exactly_worded() -> None:
+    """A vanished pod is the system's failure, worded for the job log."""
+    assert diagnose(None, "p", "build") == Death(
+        "pod p no longer exists (deleted, or its node was removed)")
+
+
+def test_diagnose_does_not_change_the_pod() -> None:
+    """Diagnosing is a pure read of the pod dict."""
+    body = limited(pod({"phase": "Running", "containerStatuses": OOM_BUILD}), "build", "4Gi")
+    before = repr(body)
+    diagnose(body, NAME, "build")
     assert repr(body) == before

@@ -13,13 +13,16 @@ from typing import Any
 from kubernetes import client
 
 from runner_driver.emulator import EmulatedCluster
-from runner_driver.emulator.runner import Cancel, Job
+from runner_driver.emulator.runner import SYSTEM_FAILURE_EXIT_CODE, Cancel, Job, JobSession
 from tests.conftest import make_runner, next_job_id, pods_left, wait_for
 
 
-def test_the_live_pod_is_unprivileged_labelled_and_bounded(
-        runner: Any, core: client.CoreV1Api) -> None:
-    """The created pod carries the job's labels, no token mount, and a deadline from the job."""
+def test_the_live_pod_is_unprivileged_labelled_bounded_and_sized(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> None:
+    """The pod has the job's labels, deadline and timeout, no token, log volume and resources."""
+    runner = make_runner(kubeconfig, tmp_path,
+                         '[build]\ncpu_request = "100m"\nmemory_limit = "512Mi"\n'
+                         '[helper]\nmemory_request = "64Mi"\ncpu_limit = "1"\n')
     job = Job(job_id=next_job_id(), timeout_seconds=1800)
     with runner.session(job) as session:
         pod = core.read_namespaced_pod(session.hostname, "default")
@@ -37,6 +40,13 @@ def test_the_live_pod_is_unprivileged_labelled_and_bounded(
         assert container.security_context.privileged is False
         assert container.security_context.allow_privilege_escalation is False
         assert "NET_RAW" in container.security_context.capabilities.drop
+        mounts = {m.name: m.mount_path for m in container.volume_mounts}
+        assert mounts["driver-logs"] == "/runner-driver-logs"
+    found = {c.name: c.resources for c in spec.containers}
+    assert (found["build"].requests, found["build"].limits) == ({"cpu": "100m"},
+                                                                {"memory": "512Mi"})
+    assert (found["helper"].requests, found["helper"].limits) == ({"memory": "64Mi"},
+                                                                  {"cpu": "1"})
 
 
 def test_helper_has_gitlab_runner_on_path(runner: Any) -> None:
@@ -90,6 +100,25 @@ def test_unschedulable_pod_fails_after_the_start_timeout(
     assert b"did not start within 1.5s" in prepare.stderr
     assert b"not scheduled" in prepare.stderr and b"node" in prepare.stderr
     assert elapsed < 3 * (1.5 + 3.0)
+    wait_for(lambda: not pods_left(core), timeout=20, what="no pods left")
+
+
+def test_unschedulable_pod_fails_after_the_unschedulable_timeout(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> None:
+    """An unschedulable pod fails prepare after unschedulable_timeout, in the scheduler's words."""
+    runner = make_runner(kubeconfig, tmp_path,
+                         "[pod]\nstart_timeout_seconds = 120\n"
+                         "unschedulable_timeout_seconds = 1.5\n"
+                         '[build]\ncpu_request = "1000"\n')
+    job = tmp_path / "job"
+    job.mkdir()
+    session = JobSession(runner, Job(job_id=next_job_id()), job, None)
+    prepare = session.call("prepare", ["prepare"])
+    assert prepare.exit_code == SYSTEM_FAILURE_EXIT_CODE
+    assert b"did not start within 1.5s" in prepare.stderr
+    assert b"0/1 nodes are available: 1 Insufficient cpu" in prepare.stderr
+    assert b"Insufficient cpu" in prepare.stdout  # the job log says why, too
+    assert prepare.seconds < 15
     wait_for(lambda: not pods_left(core), timeout=20, what="no pods left")
 
 

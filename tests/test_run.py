@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import time
 from collections.abc import Iterator
@@ -11,8 +12,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from runner_driver import kube, logs, run
 from runner_driver.emulator import EmulatedCluster, NodeSettings
 from runner_driver.emulator.runner import Job, StageFailed, bash_script
+from runner_driver.settings import KubernetesSettings
 from tests.conftest import make_runner, next_job_id, wait_for
 
 
@@ -49,11 +52,14 @@ def test_script_is_not_left_in_the_pod(runner: Any) -> None:
     job = Job(job_id=next_job_id())
     with runner.session(job) as session:
         during = session.run_body("build_script", "ls -A /runner-driver/run\n")
-        after = session.run_body("get_sources",
-                                 f"grep -rl {job.token} /runner-driver /scratch || echo clean\n"
-                                 "ls -A /runner-driver/run | grep -v pid$ || true\n")
-    assert b".sh" not in during.stdout
-    assert after.stdout == b"clean\n"
+        after = session.run_body(
+            "get_sources", f"grep -rl {job.token} /runner-driver /runner-driver-logs /scratch "
+                           "|| echo clean\nls -A /runner-driver/run\n")
+    assert b".sh" not in during.stdout and b".claim" in during.stdout
+    lines = after.stdout.decode().splitlines()
+    assert lines[0] == "clean"
+    # Only this stage's own bookkeeping is left: the earlier stage's files were removed.
+    assert lines[1:] and all(line.startswith("get_sources-") for line in lines[1:])
 
 
 def test_output_is_streamed_as_it_arrives(runner: Any) -> None:
@@ -87,7 +93,7 @@ def test_run_without_the_pod_is_a_system_failure(runner: Any, core: client.CoreV
     assert failed.value.kind == "system"
     assert call.exit_code == 2
     lines = call.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and session.hostname in lines[0] and "not found" in lines[0]
+    assert len(lines) == 1 and session.hostname in lines[0] and "no longer exists" in lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +115,60 @@ def test_scripts_run_on_a_v4_only_server(v4_cluster: EmulatedCluster, tmp_path: 
         call = session.calls[-1]
     assert failed.value.exit_code == 5
     assert call.stdout == b"".join(f"line {i}\n".encode() for i in range(2000))
+
+
+def test_stage_runs_once_however_often_the_connection_drops(
+        runner: Any, cluster: EmulatedCluster) -> None:
+    """Reconnecting resumes the same stage: its side effects happen exactly once."""
+    body = ("echo run >> /scratch/runs\n"
+            "i=0; while [ $i -lt 3000 ]; do echo \"line $i\"; i=$((i + 1)); done\n"
+            "cat /scratch/runs\n")
+    with runner.session(Job(job_id=next_job_id())) as session:
+        cluster.cut_exec(after_bytes=1500, count=4)
+        try:
+            call = session.run_body("build_script", body)
+        finally:
+            cluster.clear_faults()
+    # 28 KB of output: every one of the four cuts (after 1500 bytes each) happens.
+    expected = b"".join(f"line {i}\n".encode() for i in range(3000)) + b"run\n"
+    assert call.stdout == expected
+    assert call.stderr.count(b"reconnecting to the stage") == 4
+
+
+def test_stderr_joins_stdout_in_the_order_written(runner: Any) -> None:
+    """The script's stderr reaches the job log merged with stdout, in write order."""
+    body = "".join(f"echo out{i}\necho err{i} >&2\n" for i in range(50))
+    with runner.session(Job(job_id=next_job_id())) as session:
+        call = session.run_body("build_script", body)
+    assert call.stdout == b"".join(f"out{i}\nerr{i}\n".encode() for i in range(50))
+    assert call.stderr == b""
+
+
+def test_background_process_does_not_hold_the_stage_open(runner: Any) -> None:
+    """A stage ends when its script exits, even if a process it started keeps running."""
+    with runner.session(Job(job_id=next_job_id())) as session:
+        call = session.run_body("build_script", "sleep 60 &\necho started\n")
+    assert call.stdout == b"started\n"
+    assert call.seconds < 10
+
+
+def test_heartbeats_keep_a_quiet_stage_from_looking_stalled(
+        runner: Any, kubeconfig: Path, tmp_path: Path) -> None:
+    """A script silent for longer than the stall limit is not mistaken for a dead link."""
+    log = io.StringIO()
+    logs.configure("warning", stream=log)
+    script = tmp_path / "quiet"
+    script.write_text(bash_script("sleep 5\necho done\n"))
+    out = tmp_path / "out"
+    cluster = kube.Cluster(kube.connect(KubernetesSettings(kubeconfig=str(kubeconfig)), "test"),
+                           10.0)
+    with runner.session(Job(job_id=next_job_id())) as session, out.open("wb") as sink:
+        started = time.monotonic()
+        # Silent for 5 s, stall limit 4 s: only the heartbeats (the first ~3 s after the
+        # start, then every ~5 s) keep the connection from being declared dead.
+        run.run(cluster, session.hostname, script, "build_script", out_fd=sink.fileno(),
+                stall_seconds=4.0)
+        spent = time.monotonic() - started
+    assert out.read_bytes() == b"done\n"
+    assert "reconnecting" not in log.getvalue()
+    assert spent < 8

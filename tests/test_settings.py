@@ -140,6 +140,53 @@ def test_boundary_values_are_accepted(tmp_path: Path, text: str) -> None:
     assert settings.load(path).source == str(path)
 
 
+def test_new_keys_have_their_documented_defaults() -> None:
+    """Retries get 60 s, unschedulable pods 120 s, and no container resources are set."""
+    defaults = Settings()
+    assert defaults.kubernetes.retry_timeout_seconds == 60.0
+    assert defaults.pod.unschedulable_timeout_seconds == 120.0
+    for section in (defaults.build, defaults.helper):
+        assert (section.cpu_request, section.memory_request, section.cpu_limit,
+                section.memory_limit) == ("", "", "", "")
+
+
+def test_timeouts_and_resources_load_from_the_file(tmp_path: Path) -> None:
+    """The retry and unschedulable timeouts and both containers' resources are read as set."""
+    path = _write(tmp_path, "[kubernetes]\nretry_timeout_seconds = 5\n"
+                            "[pod]\nunschedulable_timeout_seconds = 30.5\n"
+                            '[build]\ncpu_request = "500m"\nmemory_request = "1Gi"\n'
+                            'cpu_limit = "2"\nmemory_limit = "4Gi"\n'
+                            '[helper]\ncpu_request = "100m"\nmemory_limit = "256Mi"\n')
+    loaded = settings.load(path)
+    assert loaded.kubernetes.retry_timeout_seconds == 5.0
+    assert isinstance(loaded.kubernetes.retry_timeout_seconds, float)
+    assert loaded.pod.unschedulable_timeout_seconds == 30.5
+    assert loaded.build == dataclasses.replace(settings.BuildSettings(), cpu_request="500m",
+                                               memory_request="1Gi", cpu_limit="2",
+                                               memory_limit="4Gi")
+    assert loaded.helper == dataclasses.replace(settings.HelperSettings(), cpu_request="100m",
+                                                memory_limit="256Mi")
+
+
+@pytest.mark.parametrize("quantity", ["1", "2", "0.5", "1.25", "500m", "1500m", "64"])
+def test_cpu_quantities_operators_write_are_accepted(tmp_path: Path, quantity: str) -> None:
+    """Whole and decimal cores and millicores are valid for every CPU key."""
+    text = "".join(f'[{section}]\ncpu_request = "{quantity}"\ncpu_limit = "{quantity}"\n'
+                   for section in ("build", "helper"))
+    loaded = settings.load(_write(tmp_path, text))
+    assert loaded.build.cpu_request == loaded.helper.cpu_limit == quantity
+
+
+@pytest.mark.parametrize("quantity", ["128974848", "512Mi", "1.5Gi", "4Gi", "1Ti", "64Ki",
+                                      "129M", "1G", "500k"])
+def test_memory_quantities_operators_write_are_accepted(tmp_path: Path, quantity: str) -> None:
+    """Plain bytes, binary (Ki, Mi, Gi, ...) and decimal (k, M, G, ...) suffixes are valid."""
+    text = "".join(f'[{section}]\nmemory_request = "{quantity}"\n'
+                   f'memory_limit = "{quantity}"\n' for section in ("build", "helper"))
+    loaded = settings.load(_write(tmp_path, text))
+    assert loaded.build.memory_limit == loaded.helper.memory_request == quantity
+
+
 # --- errors name the file and the dotted key ----------------------------------------------
 
 ERRORS = [
@@ -223,6 +270,52 @@ ERRORS = [
                  id="empty-build-image"),
     pytest.param('[helper]\nimage = ""\n', "helper.image", "must not be empty",
                  id="empty-helper-image"),
+    # retrying and scheduling timeouts
+    pytest.param("[kubernetes]\nretry_timeout_seconds = 0\n",
+                 "kubernetes.retry_timeout_seconds", "must be greater than 0",
+                 id="zero-retry-timeout"),
+    pytest.param("[kubernetes]\nretry_timeout_seconds = -5\n",
+                 "kubernetes.retry_timeout_seconds", "must be greater than 0",
+                 id="negative-retry-timeout"),
+    pytest.param('[kubernetes]\nretry_timeout_seconds = "60"\n',
+                 "kubernetes.retry_timeout_seconds", "expected a number, got a string",
+                 id="string-for-retry-timeout"),
+    pytest.param("[kubernetes]\nretry_timeout_seconds = inf\n",
+                 "kubernetes.retry_timeout_seconds", "expected a finite number",
+                 id="inf-retry-timeout"),
+    pytest.param("[pod]\nunschedulable_timeout_seconds = 0\n",
+                 "pod.unschedulable_timeout_seconds", "must be greater than 0",
+                 id="zero-unschedulable-timeout"),
+    pytest.param("[pod]\nunschedulable_timeout_seconds = -0.5\n",
+                 "pod.unschedulable_timeout_seconds", "must be greater than 0",
+                 id="negative-unschedulable-timeout"),
+    pytest.param("[pod]\nunschedulable_timeout_seconds = true\n",
+                 "pod.unschedulable_timeout_seconds", "expected a number, got a boolean",
+                 id="bool-for-unschedulable-timeout"),
+    # container resources: strings holding Kubernetes quantities
+    pytest.param("[build]\ncpu_request = 2\n", "build.cpu_request",
+                 "expected a string, got an integer", id="int-for-cpu-request"),
+    pytest.param("[helper]\nmemory_limit = 1.5\n", "helper.memory_limit",
+                 "expected a string, got a number", id="float-for-memory-limit"),
+    pytest.param('[build]\ncpu_request = "1 core"\n', "build.cpu_request",
+                 "must be a CPU quantity such as 500m or 2, got '1 core'", id="cpu-in-words"),
+    pytest.param('[build]\ncpu_limit = "512Mi"\n', "build.cpu_limit",
+                 "must be a CPU quantity", id="memory-quantity-for-cpu"),
+    pytest.param('[helper]\ncpu_request = "1.5m"\n', "helper.cpu_request",
+                 "must be a CPU quantity", id="fractional-millicores"),
+    pytest.param('[helper]\ncpu_limit = "-1"\n', "helper.cpu_limit",
+                 "must be a CPU quantity", id="negative-cpu"),
+    pytest.param('[build]\ncpu_request = "1e3"\n', "build.cpu_request",
+                 "must be a CPU quantity", id="cpu-exponent"),
+    pytest.param('[build]\nmemory_request = "4GB"\n', "build.memory_request",
+                 "must be a memory quantity such as 512Mi or 2Gi, got '4GB'",
+                 id="memory-with-byte-suffix"),
+    pytest.param('[build]\nmemory_limit = "512m"\n', "build.memory_limit",
+                 "must be a memory quantity", id="memory-in-millibytes"),
+    pytest.param('[helper]\nmemory_request = "512mi"\n', "helper.memory_request",
+                 "must be a memory quantity", id="memory-suffix-is-case-sensitive"),
+    pytest.param('[helper]\nmemory_limit = " 1Gi"\n', "helper.memory_limit",
+                 "must be a memory quantity", id="memory-with-space"),
 ]
 
 
