@@ -730,6 +730,36 @@ def test_eviction_mid_stage_is_a_system_failure_naming_it(
           session.ended_at["build_script"] - trigger[0].fired_at, DISRUPTION_BOUND)
 
 
+def test_node_not_ready_mid_stage_is_a_system_failure_naming_the_taint_eviction(
+        fault_runner: RunnerEmulator, cluster: EmulatedCluster, core: client.CoreV1Api,
+        timings: Timings) -> None:
+    """The node goes NotReady while build_script sleeps: its pod is evicted, a system failure."""
+    job = sleeping_job("30")
+    trigger: list[Trigger] = []
+
+    def setup(session: FaultSession) -> None:
+        trigger.append(session.act_when(
+            "build_script", session.printed(b"sleeping-42\n"),
+            lambda _pid: cluster.set_node_ready(False)))
+
+    try:
+        result, session, _seconds = run_job(fault_runner, job, setup)
+    finally:
+        cluster.set_node_ready(True)
+    build = result.call("build_script")
+    assert trigger[0].fired_at is not None, "the node never went NotReady"
+    assert (result.status, result.failure_reason) == ("failed", "runner_system_failure"), \
+        result.log.decode()
+    assert build.exit_code == 2
+    assert b"DeletionByTaintManager" in build.stderr, build.stderr.decode()
+    assert result.log.count(b"\nsleeping-42\n") == 1 and b"not-reached\n" not in result.log
+    assert_nothing_left(core)
+    # The emulated taint manager evicts 2 s after NotReady (Kubernetes' default: 300 s).
+    timed(timings, "node NotReady mid-stage (eviction after 2 s)", "runner_system_failure",
+          "NotReady -> build_script driver exit",
+          session.ended_at["build_script"] - trigger[0].fired_at, DISRUPTION_BOUND)
+
+
 def test_oom_kill_mid_stage_is_the_scripts_failure_with_137(
         kubeconfig: Path, tmp_path: Path, cluster: EmulatedCluster, core: client.CoreV1Api,
         timings: Timings) -> None:
