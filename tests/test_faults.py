@@ -703,60 +703,47 @@ def sleeping_job(pause: str, job_id: int | None = None) -> Job:
         "echo not-reached"))
 
 
-def test_eviction_mid_stage_is_a_system_failure_naming_it(
+# The emulated taint manager evicts 2 s after NotReady (Kubernetes' default: 300 s).
+DISRUPTIONS = [
+    pytest.param("eviction mid-stage", "evict", rb"[Ee]vict", id="eviction"),
+    pytest.param("node NotReady mid-stage (eviction after 2 s)", "not-ready",
+                 rb"DeletionByTaintManager", id="node-not-ready"),
+]
+
+
+@pytest.mark.parametrize(("label", "fault", "reason"), DISRUPTIONS)
+def test_pod_disrupted_mid_stage_is_a_system_failure_naming_why(
         fault_runner: RunnerEmulator, cluster: EmulatedCluster, core: client.CoreV1Api,
-        timings: Timings) -> None:
-    """Evicting the pod while build_script sleeps: system failure naming the eviction, fast."""
+        timings: Timings, label: str, fault: str, reason: bytes) -> None:
+    """Pod evicted or its node NotReady while build_script sleeps: system failure saying why."""
     job = sleeping_job("30")
     trigger: list[Trigger] = []
+
+    def disrupt(hostname: str) -> None:
+        if fault == "evict":
+            cluster.evict(NS, hostname)
+        else:
+            cluster.set_node_ready(False)
 
     def setup(session: FaultSession) -> None:
         trigger.append(session.act_when(
             "build_script", session.printed(b"sleeping-42\n"),
-            lambda _pid: cluster.evict(NS, session.hostname)))
-
-    result, session, _seconds = run_job(fault_runner, job, setup)
-    build = result.call("build_script")
-    assert trigger[0].fired_at is not None, "the eviction never fired"
-    assert (result.status, result.failure_reason) == ("failed", "runner_system_failure"), \
-        result.log.decode()
-    assert build.exit_code == 2
-    assert re.search(rb"[Ee]vict", build.stderr), build.stderr.decode()
-    assert b"before 42\n" in result.log and result.log.count(b"\nsleeping-42\n") == 1
-    assert b"not-reached\n" not in result.log
-    assert_nothing_left(core)
-    timed(timings, "eviction mid-stage", "runner_system_failure",
-          "evict -> build_script driver exit",
-          session.ended_at["build_script"] - trigger[0].fired_at, DISRUPTION_BOUND)
-
-
-def test_node_not_ready_mid_stage_is_a_system_failure_naming_the_taint_eviction(
-        fault_runner: RunnerEmulator, cluster: EmulatedCluster, core: client.CoreV1Api,
-        timings: Timings) -> None:
-    """The node goes NotReady while build_script sleeps: its pod is evicted, a system failure."""
-    job = sleeping_job("30")
-    trigger: list[Trigger] = []
-
-    def setup(session: FaultSession) -> None:
-        trigger.append(session.act_when(
-            "build_script", session.printed(b"sleeping-42\n"),
-            lambda _pid: cluster.set_node_ready(False)))
+            lambda _pid: disrupt(session.hostname)))
 
     try:
         result, session, _seconds = run_job(fault_runner, job, setup)
     finally:
         cluster.set_node_ready(True)
     build = result.call("build_script")
-    assert trigger[0].fired_at is not None, "the node never went NotReady"
+    assert trigger[0].fired_at is not None, f"{fault} never fired"
     assert (result.status, result.failure_reason) == ("failed", "runner_system_failure"), \
         result.log.decode()
     assert build.exit_code == 2
-    assert b"DeletionByTaintManager" in build.stderr, build.stderr.decode()
-    assert result.log.count(b"\nsleeping-42\n") == 1 and b"not-reached\n" not in result.log
+    assert re.search(reason, build.stderr), build.stderr.decode()
+    assert b"before 42\n" in result.log and result.log.count(b"\nsleeping-42\n") == 1
+    assert b"not-reached\n" not in result.log
     assert_nothing_left(core)
-    # The emulated taint manager evicts 2 s after NotReady (Kubernetes' default: 300 s).
-    timed(timings, "node NotReady mid-stage (eviction after 2 s)", "runner_system_failure",
-          "NotReady -> build_script driver exit",
+    timed(timings, label, "runner_system_failure", f"{fault} -> build_script driver exit",
           session.ended_at["build_script"] - trigger[0].fired_at, DISRUPTION_BOUND)
 
 
