@@ -113,7 +113,10 @@ def _stage(args: argparse.Namespace, codes: ExitCodes) -> int:
     redactor = logs.configure()
     signal.signal(signal.SIGTERM, _on_sigterm_in_cleanup if stage == "cleanup" else _on_sigterm)
     try:
-        return _dispatch(stage, args, redactor)
+        try:
+            return _dispatch(stage, args, redactor)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)  # cleanup's SIGTERM grace, if armed
     except JobFailed as failure:
         _write_exit_code(codes, failure.exit_code)
         if stage != "run":  # run's failures are the script's own output

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +51,7 @@ class Verdict:
     kind: str
     name: str
     reason: str
+    uid: str = field(default="", compare=False)
 
 
 def _seconds_since(timestamp: Any, now: datetime) -> float | None:
@@ -78,7 +79,8 @@ def pod_verdict(pod: dict[str, Any], now: datetime, older_than: float) -> Verdic
     phase = status.get("phase")
     if phase in ("Succeeded", "Failed"):
         why = ": ".join(p for p in (status.get("reason"), status.get("message")) if p)
-        return Verdict("pod", name, f"finished ({phase}{': ' + why if why else ''})")
+        return Verdict("pod", name, f"finished ({phase}{': ' + why if why else ''})",
+                       str(metadata.get("uid") or ""))
     deadline = (pod.get("spec") or {}).get("activeDeadlineSeconds")
     if not isinstance(deadline, int):
         return None  # no deadline: only a finished pod is certainly over
@@ -88,7 +90,8 @@ def pod_verdict(pod: dict[str, Any], now: datetime, older_than: float) -> Verdic
     running = age if running is None else running
     if running > deadline + CLOCK_SLACK_SECONDS:
         return Verdict("pod", name, f"running for {running:.0f}s, past its active deadline "
-                                    f"of {deadline}s (its node no longer enforces it)")
+                                    f"of {deadline}s (its node no longer enforces it)",
+                       str(metadata.get("uid") or ""))
     return None
 
 
@@ -104,13 +107,14 @@ def secret_verdict(secret: dict[str, Any], kept_pods: Iterable[dict[str, Any]],
     owners = [o for o in metadata.get("ownerReferences") or () if o.get("kind") == "Pod"]
     if owners:
         if not any(str(o.get("uid")) in alive for o in owners):
-            return Verdict("secret", name, "its pod is gone")
+            return Verdict("secret", name, "its pod is gone", str(metadata.get("uid") or ""))
         return None
     job = (metadata.get("labels") or {}).get("runner-driver/job-id")
     jobs = {(p.get("metadata") or {}).get("labels", {}).get("runner-driver/job-id")
             for p in kept_pods}
     if job not in jobs and age > CLOCK_SLACK_SECONDS:
-        return Verdict("secret", name, "no pod of its job exists")
+        return Verdict("secret", name, "no pod of its job exists",
+                       str(metadata.get("uid") or ""))
     return None
 
 
@@ -147,11 +151,16 @@ def collect(cluster: Cluster, now: datetime, older_than: float, dry_run: bool,
             say(f"would delete {where}: {verdict.reason}")
             continue
         try:
+            # Only the incarnation judged: a prepare retry may have made a new pod (and
+            # secret) of the same name since the list.
             if verdict.kind == "pod":
-                cluster.delete_pod(verdict.name)
+                cluster.delete_pod(verdict.name, uid=verdict.uid)
             else:
-                cluster.delete_secret(verdict.name)
+                cluster.delete_secret(verdict.name, uid=verdict.uid)
         except ClusterError as error:
+            if error.status == 409:
+                say(f"kept {where}: it was replaced by a newer one since it was listed")
+                continue
             failures += 1
             say(f"could not delete {where}: {error}")
         else:

@@ -43,9 +43,12 @@ CONTROL_PREFIX = b"runner-driver-stage: "
 # whole or not at all. Following: `cat` on a descriptor opened once reads exactly up
 # to the current end and advances it, so nothing is sent twice or skipped; the status
 # file is checked before reading, so all output is sent before the exit line.
-# Control lines go to stderr: started/attached, alive (a heartbeat every ~5 s while
-# the script is quiet, so the driver can tell a silent script from a dead link),
-# exit N, truncated (send again), error TEXT.
+# Control lines go to stderr: started/attached, alive (a heartbeat every ~5 s, so
+# the driver can tell a silent script from a dead link), exit N, truncated (send
+# again), error TEXT. A stage whose script and supervisor are both gone without a
+# status (killed by the script itself, e.g. `kill -9 -1`) is reported after two
+# heartbeats. Script copies of launchers that died before unlinking them are removed
+# when the next stage starts.
 STAGE_LAUNCHER = f"""n=$1; id=$2; offset=$3
 run={RUN_DIR}; log={LOG_DIR}/$id.log; status=$run/$id.status; pidfile=$run/$id.pid
 mkdir -p "$run" {LOG_DIR} || exit 5
@@ -59,6 +62,10 @@ if [ "$n" != - ]; then
     rm -f "$script"; echo "runner-driver-stage: truncated" >&2; exit 4
   fi
   if mkdir "$run/$id.claim" 2>/dev/null; then
+    for copy in "$run"/*.sh.*; do
+      [ -e "$copy" ] && [ "$copy" != "$script" ] || continue
+      kill -0 "${{copy##*.}}" 2>/dev/null || rm -f "$copy"
+    done
     for done in "$run"/*.status; do
       [ -e "$done" ] || continue
       old=${{done##*/}}; old=${{old%.status}}
@@ -114,7 +121,11 @@ while :; do
   fi
   if [ $((ticks % 50)) -eq 0 ]; then
     echo "runner-driver-stage: alive" >&2
-    if [ -e "$pidfile" ] || [ -e "$status" ]; then quiet=0; else quiet=$((quiet + 1)); fi
+    if [ -e "$status" ] || kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null; then
+      quiet=0
+    else
+      quiet=$((quiet + 1))
+    fi
     if [ "$quiet" -ge 2 ]; then
       echo "runner-driver-stage: error stage $id is not running and left no exit status" >&2
       exit 3
@@ -181,6 +192,7 @@ class StageControl:
         self.started = False
         self.exit_code: int | None = None
         self.truncated = False
+        self.heartbeats = 0
         self.error = ""
         self.diagnostics: list[str] = []
         self._pending = bytearray()
@@ -205,5 +217,7 @@ class StageControl:
             self.exit_code = int(rest.strip())
         elif word == "truncated":
             self.truncated = True
+        elif word == "alive":
+            self.heartbeats += 1
         elif word == "error":
             self.error = rest.strip()

@@ -20,6 +20,9 @@ import json
 import math
 import os
 import re
+import signal
+import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -155,6 +158,11 @@ def api_error(action: str, error: Exception) -> ClusterError:
         text = f"{text}: {message}" if message else text
         return ClusterError(text, status=status, reason=str(reason),
                             transient=_transient(status, text), retry_after=retry_after)
+    if isinstance(error, urllib3.exceptions.SSLError | ssl.SSLError) \
+            or "CERTIFICATE_VERIFY_FAILED" in str(error):
+        # A certificate the CA does not vouch for stays wrong however often we ask.
+        return ClusterError(f"{action}: TLS with the Kubernetes API failed: {error}; check the "
+                            "certificate authority in the kubeconfig")
     if isinstance(error, urllib3.exceptions.HTTPError | OSError
                   | websocket.WebSocketException):
         return ClusterError(f"{action}: cannot reach the Kubernetes API: {error}",
@@ -315,14 +323,18 @@ class Cluster:
                             label_selector=label_selector)
         return list(listed.get("items") or [])
 
-    def delete_pod(self, name: str, grace_seconds: int | None = None) -> bool:
+    def delete_pod(self, name: str, grace_seconds: int | None = None, uid: str = "") -> bool:
         """Ask for the pod's deletion; False when it was already gone.
 
-        Objects the pod owns (see `owner_reference`) are removed by Kubernetes with it.
+        With `uid`, only that incarnation of the name is deleted: a newer pod of the same
+        name makes the API server refuse with 409 Conflict. Objects the pod owns (see
+        `owner_reference`) are removed by Kubernetes with it.
         """
         options: dict[str, Any] = {"propagation_policy": "Background"}
         if grace_seconds is not None:
             options["grace_period_seconds"] = grace_seconds
+        if uid:
+            options["body"] = {"preconditions": {"uid": uid}}
         try:
             self._call(f"deleting pod {self.namespace}/{name}",
                        self._core.delete_namespaced_pod, name, self.namespace, **options)
@@ -363,11 +375,12 @@ class Cluster:
                             label_selector=label_selector)
         return list(listed.get("items") or [])
 
-    def delete_secret(self, name: str) -> bool:
-        """Delete a secret; False when it was already gone."""
+    def delete_secret(self, name: str, uid: str = "") -> bool:
+        """Delete a secret (only incarnation `uid` when given); False when already gone."""
+        options: dict[str, Any] = {"body": {"preconditions": {"uid": uid}}} if uid else {}
         try:
             self._call(f"deleting secret {self.namespace}/{name}",
-                       self._core.delete_namespaced_secret, name, self.namespace)
+                       self._core.delete_namespaced_secret, name, self.namespace, **options)
         except ClusterError as error:
             if error.status == 404:
                 return False
@@ -507,10 +520,15 @@ class Cluster:
                       stdin: bool) -> Iterator[Any]:
         what = f"starting a command in container {container} of pod {self.namespace}/{pod}"
         try:
-            session = _stream_uncaptured(self._exec_core.connect_get_namespaced_pod_exec, pod,
-                             self.namespace, container=container, command=argv, stdin=stdin,
-                             stdout=True, stderr=True, tty=False, binary=True,
-                             _preload_content=False)
+            # The client opens exec websockets with no timeout at all: a server that
+            # accepts the connection and never answers would block the handshake for
+            # ever, so it is bounded from outside, and frame reads by a socket timeout.
+            with _time_limit(self._timeout):
+                session = _stream_uncaptured(
+                    self._exec_core.connect_get_namespaced_pod_exec, pod, self.namespace,
+                    container=container, command=argv, stdin=stdin, stdout=True, stderr=True,
+                    tty=False, binary=True, _preload_content=False)
+            session.sock.settimeout(self._timeout)
         except Exception as error:
             raise api_error(what, error) from error
         try:
@@ -555,6 +573,25 @@ class Cluster:
                 raise ClusterError(f"{what}: the exec connection failed: {error}",
                                    transient=True) from error
         return exit_code(what, status), bytes(output)
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in the block after `seconds` (main thread only; else unbounded)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(_signum: int, _frame: Any) -> None:
+        raise TimeoutError(f"no answer within {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def owner_reference(pod: dict[str, Any]) -> dict[str, Any]:

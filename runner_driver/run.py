@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from . import logs
-from .errors import Canceled, ClusterError, ConfigError, JobFailed
+from .errors import Canceled, ClusterError, ConfigError, DriverError, JobFailed
 from .inpod import StageControl, launcher_argv, stopper_argv
 from .kube import Cluster, write_all
 from .podspec import BUILD, HELPER
@@ -33,9 +33,10 @@ HELPER_STAGES = frozenset({"prepare_script", "get_sources", "clear_worktree", "r
                            "download_artifacts", "cleanup_file_variables"})
 HELPER_STAGE_PREFIXES = ("archive_cache", "upload_artifacts_")
 STOP_TIMEOUT_SECONDS = 4.0
-# The launcher says "alive" every ~5 s while a script is quiet; three missed
-# heartbeats mean the connection is dead even if no error reached us.
+# The launcher says "alive" every ~5 s; a connection silent for four of those is dead
+# even if no error reached us. Heartbeats also count as progress when reconnecting.
 STALL_SECONDS = 20.0
+DEATH_SETTLE_SECONDS = 1.0
 
 
 def container_for(stage: str) -> str:
@@ -78,6 +79,10 @@ def run(cluster: Cluster, pod: str, script_path: Path, stage: str,
         raise JobFailed(f"the {stage} script exited with code {code}", exit_code=code)
 
 
+class OutputError(DriverError):
+    """Our own stdout (the runner's job log pipe) failed: nothing a reconnect can mend."""
+
+
 class _Output:
     """Writes the stage's output through and counts it: the offset to resume from."""
 
@@ -86,7 +91,12 @@ class _Output:
         self.offset = 0
 
     def __call__(self, data: bytes) -> None:
-        write_all(self.fd, data)
+        try:
+            write_all(self.fd, data)
+        except OSError as error:
+            # Not an OSError any more: the exec layer would take it for a dropped link.
+            raise OutputError(f"writing the stage's output to the job log: "
+                              f"{error.strerror or error}") from None
         self.offset += len(data)
 
 
@@ -111,40 +121,56 @@ def _follow(cluster: Cluster, pod: str, container: str, stage_id: str, script: b
             failure = error
         first_start = control.started and not started
         started = started or control.started
-        if control.exit_code is not None:
+        # On a failed connection the exit line (stderr) may have overtaken the last
+        # output (stdout): follow once more from the offset to fetch the rest.
+        if control.exit_code is not None and failure is None:
             return control.exit_code
         if control.error:
             raise ClusterError(f"running the stage in container {container} of pod "
                                f"{cluster.namespace}/{pod}: {control.error}")
-        # No exit status: the connection dropped, or the pod or container died.
-        death = diagnose(cluster.read_pod(pod), f"{cluster.namespace}/{pod}", container)
-        if death is not None:
-            if death.oom_exit_code is not None and container == BUILD:
-                sys.stderr.write(f"runner-driver: {death.message}\n")
-                sys.stderr.flush()
-                raise JobFailed(death.message, exit_code=death.oom_exit_code)
-            raise ClusterError(f"running the stage in container {container}: {death.message}")
+        if control.exit_code is None:
+            # No exit status: the connection dropped, or the pod or container died.
+            _raise_if_dead(cluster, pod, container)
         if failure is None:
             failure = ClusterError(
                 f"running the stage in container {container} of pod {cluster.namespace}/"
                 f"{pod}: the exec ended without the stage's exit status "
                 f"({_describe(status, control)})", transient=not control.diagnostics)
         if not failure.transient:
+            # The pod may not show yet why the container went (an OOM kill, say).
+            time.sleep(DEATH_SETTLE_SECONDS)
+            _raise_if_dead(cluster, pod, container)
             raise failure
-        if output.offset > before or first_start:
+        if output.offset > before or first_start or control.heartbeats:
             progress_at = time.monotonic()
             attempt = 0
         attempt += 1
         waited = time.monotonic() - progress_at
         if waited > cluster.retry_timeout:
+            _stop(cluster, pod, container, stage_id)
             raise ClusterError(f"{failure}; gave up reconnecting after {waited:.0f}s "
-                               f"without progress (the stage may still be running)")
+                               f"without progress (the stage was asked to stop)")
+        if control.truncated:
+            failure = ClusterError("the script arrived truncated in the pod; sending it again",
+                                   transient=True)
         wait = min(0.1 * 2 ** (attempt - 1), 5.0)
         if failure.retry_after is not None:
             wait = max(wait, failure.retry_after)
         log.warning("reconnecting to the stage after a lost connection", attempt=attempt,
                     offset=output.offset, error=str(failure), retry_in=f"{wait:.1f}s")
         time.sleep(wait)
+
+
+def _raise_if_dead(cluster: Cluster, pod: str, container: str) -> None:
+    """Raise why the stage cannot go on if the pod or its container died; else return."""
+    death = diagnose(cluster.read_pod(pod), f"{cluster.namespace}/{pod}", container)
+    if death is None:
+        return
+    if death.oom_exit_code is not None and container == BUILD:
+        sys.stderr.write(f"runner-driver: {death.message}\n")
+        sys.stderr.flush()
+        raise JobFailed(death.message, exit_code=death.oom_exit_code)
+    raise ClusterError(f"running the stage in container {container}: {death.message}")
 
 
 def _describe(status: bytes, control: StageControl) -> str:

@@ -1096,3 +1096,48 @@ def test_pod_events_of_one_incarnation_leave_out_an_earlier_same_named_pod(
     assert uids == {first["metadata"]["uid"], second["metadata"]["uid"]}
     mine = kcluster.pod_events("again", second["metadata"]["uid"])
     assert {e["involvedObject"]["uid"] for e in mine} == {second["metadata"]["uid"]}
+
+
+def test_a_server_that_accepts_and_never_answers_cannot_block_an_exec(tmp_path: Path) -> None:
+    """An exec handshake to a silent server fails within the request timeout, as transient."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    try:
+        path = write_kubeconfig(tmp_path / "config",
+                                {"silent": (f"http://127.0.0.1:{listener.getsockname()[1]}",
+                                            "default")}, "silent")
+        silent = kube.Cluster(kube.connect(KubernetesSettings(kubeconfig=str(path)), "test"),
+                              request_timeout=1.0, retry_timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(ClusterError) as failed:
+            silent.exec_stream("p", "build", ["true"], None, bytearray().extend,
+                               bytearray().extend, stall_seconds=30)
+        spent_seconds = time.monotonic() - started
+    finally:
+        listener.close()
+    assert failed.value.transient
+    assert spent_seconds < 5
+
+
+def test_tls_verification_failures_are_not_retried() -> None:
+    """A certificate the CA does not vouch for is a permanent error naming the kubeconfig's CA."""
+    error = kube.api_error("reading pod ns/p", urllib3.exceptions.SSLError(
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed"))
+    assert not error.transient
+    assert "certificate authority in the kubeconfig" in str(error)
+
+
+def test_delete_with_a_uid_spares_a_newer_pod_of_the_same_name(kcluster: kube.Cluster) -> None:
+    """Deleting incarnation X of a name refuses (409) when the pod is now a newer one."""
+    old = kcluster.create_pod(small_pod("reused"))
+    kcluster.delete_pod("reused", grace_seconds=0)
+    assert kcluster.wait_gone("reused", timeout=10)
+    new = kcluster.create_pod(small_pod("reused"))
+    with pytest.raises(ClusterError) as refused:
+        kcluster.delete_pod("reused", uid=old["metadata"]["uid"])
+    assert refused.value.status == 409 and "Precondition failed: UID in precondition" \
+        in str(refused.value)
+    current = kcluster.read_pod("reused")
+    assert current is not None and current["metadata"]["uid"] == new["metadata"]["uid"]
+    assert kcluster.delete_pod("reused", uid=new["metadata"]["uid"]) is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -152,16 +153,20 @@ def test_background_process_does_not_hold_the_stage_open(runner: Any) -> None:
     assert call.seconds < 10
 
 
+def direct(kubeconfig: Path, script: Path, body: str) -> tuple[kube.Cluster, io.StringIO]:
+    """For calling `run.run` in this process: a Cluster, the script file, captured warnings."""
+    log = io.StringIO()
+    logs.configure("warning", stream=log)
+    script.write_text(bash_script(body))
+    settings = KubernetesSettings(kubeconfig=str(kubeconfig))
+    return kube.Cluster(kube.connect(settings, "test"), 10.0), log
+
+
 def test_heartbeats_keep_a_quiet_stage_from_looking_stalled(
         runner: Any, kubeconfig: Path, tmp_path: Path) -> None:
     """A script silent for longer than the stall limit is not mistaken for a dead link."""
-    log = io.StringIO()
-    logs.configure("warning", stream=log)
-    script = tmp_path / "quiet"
-    script.write_text(bash_script("sleep 5\necho done\n"))
-    out = tmp_path / "out"
-    cluster = kube.Cluster(kube.connect(KubernetesSettings(kubeconfig=str(kubeconfig)), "test"),
-                           10.0)
+    script, out = tmp_path / "quiet", tmp_path / "out"
+    cluster, log = direct(kubeconfig, script, "sleep 5\necho done\n")
     with runner.session(Job(job_id=next_job_id())) as session, out.open("wb") as sink:
         started = time.monotonic()
         # Silent for 5 s, stall limit 4 s: only the heartbeats (the first ~3 s after the
@@ -172,3 +177,65 @@ def test_heartbeats_keep_a_quiet_stage_from_looking_stalled(
     assert out.read_bytes() == b"done\n"
     assert "reconnecting" not in log.getvalue()
     assert spent < 8
+
+
+def test_a_long_quiet_stage_still_reconnects_after_a_late_drop(
+        kubeconfig: Path, tmp_path: Path, cluster: EmulatedCluster) -> None:
+    """Heartbeats count as progress: a drop after a silence longer than the budget resumes."""
+    runner = make_runner(kubeconfig, tmp_path / "runner",
+                         "[kubernetes]\nretry_timeout_seconds = 3\n")
+    with runner.session(Job(job_id=next_job_id())) as session:
+        # The first connection delivers "begin" and drops at its first heartbeat (~3 s);
+        # the second carries only a heartbeat, then drops on "done" (~7 s into it, 4 s
+        # past the budget counted from the last output).
+        cluster.cut_exec(after_seconds=1.0, count=1)
+        cluster.cut_exec(after_seconds=4.0, count=1)
+        try:
+            call = session.run_body("build_script", "echo begin\nsleep 10\necho done\n")
+        finally:
+            cluster.clear_faults()
+    assert call.stdout == b"begin\ndone\n"
+    assert call.stderr.count(b"reconnecting to the stage") == 2, call.stderr.decode()
+
+
+def test_a_script_that_kills_its_supervisor_is_reported_not_awaited(runner: Any) -> None:
+    """With no one left to record an exit status, run fails as a system failure, in seconds."""
+    with runner.session(Job(job_id=next_job_id())) as session:
+        with pytest.raises(StageFailed) as failed:
+            session.run_body("build_script", "kill -KILL $PPID\necho orphaned\n")
+        call = session.calls[-1]
+    assert failed.value.kind == "system"
+    assert b"is not running and left no exit status" in call.stderr
+    assert call.seconds < 20
+
+
+def test_a_closed_job_log_pipe_is_a_system_failure_without_reconnects(
+        runner: Any, kubeconfig: Path, tmp_path: Path) -> None:
+    """When our own stdout breaks, run stops with OutputError instead of resuming the exec."""
+    script = tmp_path / "loud"
+    cluster, log = direct(kubeconfig, script,
+                          "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i + 1)); done\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        with runner.session(Job(job_id=next_job_id())) as session, \
+                pytest.raises(run.OutputError):
+            run.run(cluster, session.hostname, script, "build_script", out_fd=write_end)
+    finally:
+        os.close(write_end)
+    assert "reconnecting" not in log.getvalue()
+
+
+def test_script_copies_of_dead_launchers_are_swept(runner: Any) -> None:
+    """A script copy whose launcher died before unlinking it is removed by the next stage."""
+    with runner.session(Job(job_id=next_job_id())) as session:
+        session.run_body("build_script", "echo secret > /runner-driver/run/old.sh.999999\n"
+                                         "sleep 1000 & echo $! > /scratch/live\n")
+        after = session.run_body(
+            "build_script", "live=$(cat /scratch/live)\n"
+                            "echo kept > /runner-driver/run/other.sh.$live\n"
+                            "ls /runner-driver/run | grep '\\.sh\\.' || echo none\n")
+        swept = session.run_body("build_script", "ls /runner-driver/run | grep '\\.sh\\.' "
+                                                 "| sed 's/[0-9]*$//' || echo none\n")
+    assert b"old.sh.999999" not in after.stdout
+    assert swept.stdout == b"other.sh.\n"  # its process is alive: not a dead launcher's copy

@@ -342,6 +342,32 @@ class ApiServer:
             return body
         return self.store.create(resource, namespace, body)
 
+    def _check_preconditions(self, resource: str, namespace: str, name: str,
+                             preconditions: Obj) -> None:
+        """DeleteOptions.preconditions, refused as apiserver's etcd3 store does.
+
+        Text from staging/src/k8s.io/apiserver/pkg/storage/etcd3/store.go
+        (checkPreconditions) wrapped as a StorageError invalid object (Code 4), which the
+        registry turns into 409 Conflict "Operation cannot be fulfilled on ...".
+        """
+        current = self.store.get(resource, namespace, name)
+        meta = current["metadata"]
+        failed = ""
+        uid = preconditions.get("uid")
+        version = preconditions.get("resourceVersion")
+        if uid is not None and uid != meta.get("uid"):
+            failed = f"UID in precondition: {uid}, UID in object meta: {meta.get('uid')}"
+        elif version is not None and version != meta.get("resourceVersion"):
+            failed = (f"ResourceVersion in precondition: {version}, ResourceVersion in object "
+                      f"meta: {meta.get('resourceVersion')}")
+        if failed:
+            key = f"/registry/{resource}/{namespace + '/' if namespace else ''}{name}"
+            raise ApiError(409, "Conflict",
+                           f'Operation cannot be fulfilled on {resource} "{name}": StorageError: '
+                           f"invalid object, Code: 4, Key: {key}, ResourceVersion: 0, "
+                           f"AdditionalErrorMsg: Precondition failed: {failed}",
+                           {"name": name, "kind": resource})
+
     def _delete(self, resource: str, namespace: str, name: str, grace: int | None) -> Obj:
         if resource == "pods":
             return self.kubelet.delete_pod(namespace, name, grace)
@@ -371,10 +397,13 @@ class ApiServer:
             if request.query.get("gracePeriodSeconds"):
                 grace = int(request.query["gracePeriodSeconds"])
             if request.can_read_body:
+                options: Obj = {}
                 with contextlib.suppress(ApiError):
                     options = await self._body(request)
-                    if options.get("gracePeriodSeconds") is not None:
-                        grace = int(options["gracePeriodSeconds"])
+                if options.get("gracePeriodSeconds") is not None:
+                    grace = int(options["gracePeriodSeconds"])
+                self._check_preconditions(resource, namespace, name,
+                                          options.get("preconditions") or {})
             return web.json_response(self._delete(resource, namespace, name, grace))
         if request.method in ("PUT", "PATCH"):
             body = await self._body(request) if request.method == "PUT" else None
