@@ -333,11 +333,16 @@ class Cluster:
         options: dict[str, Any] = {"propagation_policy": "Background"}
         if grace_seconds is not None:
             options["grace_period_seconds"] = grace_seconds
+        return self._delete(f"deleting pod {self.namespace}/{name}",
+                            self._core.delete_namespaced_pod, name, uid, options)
+
+    def _delete(self, what: str, call: Callable[..., Any], name: str, uid: str,
+                options: dict[str, Any]) -> bool:
+        """A delete (of incarnation `uid` only, when given); False when already gone."""
         if uid:
-            options["body"] = {"preconditions": {"uid": uid}}
+            options = {**options, "body": {"preconditions": {"uid": uid}}}
         try:
-            self._call(f"deleting pod {self.namespace}/{name}",
-                       self._core.delete_namespaced_pod, name, self.namespace, **options)
+            self._call(what, call, name, self.namespace, **options)
         except ClusterError as error:
             if error.status == 404:
                 return False
@@ -377,15 +382,8 @@ class Cluster:
 
     def delete_secret(self, name: str, uid: str = "") -> bool:
         """Delete a secret (only incarnation `uid` when given); False when already gone."""
-        options: dict[str, Any] = {"body": {"preconditions": {"uid": uid}}} if uid else {}
-        try:
-            self._call(f"deleting secret {self.namespace}/{name}",
-                       self._core.delete_namespaced_secret, name, self.namespace, **options)
-        except ClusterError as error:
-            if error.status == 404:
-                return False
-            raise
-        return True
+        return self._delete(f"deleting secret {self.namespace}/{name}",
+                            self._core.delete_namespaced_secret, name, uid, {})
 
     # --- waiting ------------------------------------------------------------------
 
@@ -425,11 +423,7 @@ class Cluster:
                                   or version)
                     if kind == "BOOKMARK":
                         continue
-                    if kind == "ERROR":
-                        raise ClusterError(f"watching pod {self.namespace}/{name}: "
-                                           f"{obj.get('message', obj)}",
-                                           status=int(obj.get("code") or 0) or None,
-                                           transient=True)
+                    # (ERROR events never get here: the client raises them as ApiException.)
                     yield kind, (None if kind == "DELETED" else obj)
                     if kind == "DELETED":
                         return

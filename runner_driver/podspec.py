@@ -19,7 +19,7 @@ from . import __version__
 from .errors import JobFailed
 from .inpod import BIN_DIR, BUILD_ENTRYPOINT, DRIVER_DIR, HELPER_ENTRYPOINT, LOG_DIR
 from .runner_env import JobContext
-from .settings import BuildSettings, HelperSettings, Settings
+from .settings import ContainerResources, Settings
 
 MANAGED_BY = "runner-driver"
 LABEL_PREFIX = "runner-driver"
@@ -99,7 +99,7 @@ def build_image(settings: Settings, job: JobContext) -> str:
         f"{settings.build.image}")
 
 
-def resources(container: BuildSettings | HelperSettings) -> dict[str, dict[str, str]]:
+def resources(container: ContainerResources) -> dict[str, dict[str, str]]:
     """A container's resources block from its settings; empty values are left out."""
     found: dict[str, dict[str, str]] = {}
     for kind, cpu, memory in (("requests", container.cpu_request, container.memory_request),

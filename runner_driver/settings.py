@@ -65,11 +65,9 @@ class PodSettings:
 
 
 @dataclass(frozen=True)
-class BuildSettings:
-    """The `build` container, where `script:` runs."""
+class ContainerResources:
+    """A container's resources.requests and resources.limits; empty means unset."""
 
-    image: str = KANIKO_DEBUG_IMAGE
-    allowed_images: tuple[str, ...] = DEFAULT_ALLOWED_IMAGES
     cpu_request: str = ""
     memory_request: str = ""
     cpu_limit: str = ""
@@ -77,14 +75,18 @@ class BuildSettings:
 
 
 @dataclass(frozen=True)
-class HelperSettings:
+class BuildSettings(ContainerResources):
+    """The `build` container, where `script:` runs."""
+
+    image: str = KANIKO_DEBUG_IMAGE
+    allowed_images: tuple[str, ...] = DEFAULT_ALLOWED_IMAGES
+
+
+@dataclass(frozen=True)
+class HelperSettings(ContainerResources):
     """The `helper` container, where git, cache and artifact stages run."""
 
     image: str = HELPER_IMAGE
-    cpu_request: str = ""
-    memory_request: str = ""
-    cpu_limit: str = ""
-    memory_limit: str = ""
 
 
 @dataclass(frozen=True)
