@@ -41,5 +41,11 @@ typecheck: setup
 
 check: lint typecheck test
 
+# Issue 5's measurements on the emulated cluster (about 12 minutes with the 5-minute job);
+# prints a table and writes tests/benchmarks/results.json. Options go in BENCHMARK_ARGS,
+# e.g. make benchmark BENCHMARK_ARGS="--only 1,3 --long-job-seconds 30".
+benchmark: setup
+	$(BIN)/python -m tests.benchmarks $(BENCHMARK_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

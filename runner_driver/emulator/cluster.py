@@ -2,8 +2,10 @@
 
 `EmulatedCluster` is what tests, the demo and `runner-driver local-cluster` use: it
 owns the event loop, the HTTP server, the node, the working directory and the
-kubeconfig, and offers the fault-injection API as plain thread-safe methods. Stopping
-it kills every sandbox and removes every temporary directory it made.
+kubeconfig, and offers the fault-injection API and the benchmarks' measurement hooks
+(when a pod became Running, a command run straight in a container's sandbox) as plain
+thread-safe methods. Stopping it kills every sandbox and removes every temporary
+directory it made.
 """
 
 from __future__ import annotations
@@ -227,6 +229,34 @@ class EmulatedCluster:
     def request_counts(self) -> dict[str, int]:
         """Requests so far per `verb resource`."""
         return self.call(self.faults.counts)
+
+    def running_at(self, namespace: str, name: str) -> float | None:
+        """When the pod's phase first became Running (time.time()), or None if it never did.
+
+        Remembered after the pod is deleted (for the most recent pods), so it can be read
+        once a job is over.
+        """
+        assert self._kubelet is not None
+        kubelet = self._kubelet
+        return self.call(lambda: kubelet.running_times.get((namespace, name)))
+
+    def run_in_sandbox(self, namespace: str, pod: str, container: str, argv: list[str],
+                       stdin: bytes = b"", timeout: float = 600.0) -> tuple[int, bytes, float]:
+        """Run a command in a running container as an exec would, without HTTP or websocket.
+
+        Returns the exit code, stdout followed by stderr, and the seconds the process
+        took from spawn to exit (measured on the cluster's loop). A benchmark's floor:
+        what the same command costs in the same sandbox with no API in between.
+
+        Raises:
+            ApiError: the pod or a running container of that name is missing.
+        """
+        assert self._kubelet is not None
+        if self._loop is None:
+            raise RuntimeError("run_in_sandbox needs a cluster started with start()")
+        future = asyncio.run_coroutine_threadsafe(
+            self._kubelet.run_in_sandbox(namespace, pod, container, argv, stdin), self._loop)
+        return future.result(timeout)
 
     def sandbox_pids(self) -> list[int]:
         """Host pids of every container's PID 1 still known to the node."""

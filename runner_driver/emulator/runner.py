@@ -7,8 +7,10 @@ variables, BUILD_EXIT_CODE_FILE, JOB_RESPONSE_FILE, `job_env` from `config`, eve
 job variable as CUSTOM_ENV_*, waiting for EOF on stdout and stderr, bash scripts
 shaped like the runner's generator, the runner's stage order and failure paths,
 prepare retried with cleanup after each failed attempt, and cancel by SIGTERM to the
-process group. It is used by the tests and by `runner-driver demo`; the driver never
-imports it. It does not talk to GitLab and does not fetch sources itself.
+process group. Each call also records what the driver cost (wall and CPU seconds, peak
+memory, when it ended) for the benchmarks. It is used by the tests, the benchmarks and
+`runner-driver demo`; the driver never imports it. It does not talk to GitLab and does
+not fetch sources itself.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +86,15 @@ class Call:
     signaled_after: float | None = None  # when SIGTERM was sent, seconds after start
     exited_after_signal: float | None = None  # how long the driver took to exit after it
     pipes_held: bool = False  # stdout/stderr stayed open after the driver exited
+    # Resource usage from os.wait4: user + system CPU seconds of the driver process and
+    # of the children it waited for, and the peak resident set size (KiB) among them.
+    # Linux keeps the spawning process's peak RSS in a child's ru_maxrss across exec, so
+    # max_rss_kb is at least this runner's own peak unless the runner was made with
+    # own_rss=True (see RunnerEmulator).
+    cpu_seconds: float = 0.0
+    max_rss_kb: int = 0
+    ended_at: float = 0.0  # time.time() when the call finished (exit and EOF on both pipes)
+    stdout_bytes: int = 0  # all bytes read from stdout, also those not kept (keep_output_bytes)
 
 
 @dataclass
@@ -154,14 +167,55 @@ def bash_script(body: str) -> str:
             "exit 0\n")
 
 
+# The parent `own_rss` puts between the runner and the driver: it forks and execs the
+# driver (argv[2:]) in its own process group and pipes, ignores the signals the runner
+# sends the group (the driver gets them), and writes the driver's CPU seconds and peak
+# RSS to fd argv[1] before exiting as the driver did.
+_RUSAGE_PARENT = """
+import os, signal, sys
+report = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.close(report)
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(signum, signal.SIG_IGN)
+_, status, usage = os.wait4(pid, 0)
+os.write(report, f"{usage.ru_utime + usage.ru_stime} {usage.ru_maxrss}".encode())
+os.close(report)
+if os.WIFSIGNALED(status):
+    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    os.kill(os.getpid(), os.WTERMSIG(status))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def _trim(buffer: bytearray, keep: int | None, *, exact: bool = False) -> None:
+    """Drop all but the last `keep` bytes (lazily, at twice that, unless `exact`)."""
+    if keep is not None and len(buffer) > (keep if exact else 2 * keep):
+        del buffer[:len(buffer) - keep]
+
+
 class RunnerEmulator:
     """Runs jobs through a driver's four stages as gitlab-runner would."""
 
     def __init__(self, driver: Sequence[str], *, environ: Mapping[str, str] | None = None,
                  workdir: Path | None = None, prepare_retry_seconds: float = 3.0,
                  graceful_kill_seconds: float = 10.0, stage_timeout_seconds: float = 600.0,
-                 pipe_grace_seconds: float = 10.0) -> None:
+                 pipe_grace_seconds: float = 10.0,
+                 keep_output_bytes: int | None = None, own_rss: bool = False) -> None:
         self.driver = list(driver)
+        # None keeps all output; N keeps only the last N bytes of each call's stdout and
+        # stderr and of the job log (benchmarks push hundreds of MB through `run`).
+        self.keep_output_bytes = keep_output_bytes
+        # True starts each driver through a small Python parent that reports the driver's
+        # own rusage, so max_rss_kb is the driver's peak and not this (large) process's:
+        # the driver then inherits only that parent's few MB. It costs a Python start
+        # per call, so only benchmarks of memory use it.
+        self.own_rss = own_rss
         self.environ = dict(os.environ if environ is None else environ)
         self.workdir = workdir
         self.prepare_retry_seconds = prepare_retry_seconds
@@ -173,11 +227,16 @@ class RunnerEmulator:
     # --- one job ----------------------------------------------------------------
 
     @contextmanager
-    def session(self, job: Job) -> Iterator[JobSession]:
-        """config and prepare done (with the runner's retries); cleanup on exit."""
+    def session(self, job: Job, make: Callable[[Path], JobSession] | None = None
+                ) -> Iterator[JobSession]:
+        """config and prepare done (with the runner's retries); cleanup on exit.
+
+        `make` builds the session for the job's temporary directory (a JobSession
+        subclass that measures, say).
+        """
         tempdir = Path(tempfile.mkdtemp(prefix="custom-executor", dir=self.workdir))
         self.last_tempdir = tempdir
-        session = JobSession(self, job, tempdir, None)
+        session = make(tempdir) if make else JobSession(self, job, tempdir, None)
         try:
             session.prepare_with_retries()  # cleans up after each failed attempt itself
             try:
@@ -325,47 +384,80 @@ class JobSession:
     def say(self, text: str) -> None:
         with self.log_lock:
             self.log += text.encode()
+            _trim(self.log, self.runner.keep_output_bytes, exact=True)
 
     def call(self, stage: str, args: Sequence[str], *, to_log: bool = True) -> Call:
         argv = [*self.runner.driver, *args]
         started = time.monotonic()
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, cwd=self.tempdir,
-                                   env=self.environment(), process_group=0)
+        spawn, report = argv, None
+        if self.runner.own_rss:
+            report, report_write = os.pipe()
+            spawn = [sys.executable, "-S", "-I", "-c", _RUSAGE_PARENT, str(report_write), *argv]
+        try:
+            process = subprocess.Popen(spawn, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, cwd=self.tempdir,
+                                       env=self.environment(), process_group=0,
+                                       pass_fds=() if report is None else (report_write,))
+        except OSError:
+            if report is not None:
+                os.close(report)
+            raise
+        finally:
+            if report is not None:
+                os.close(report_write)
         out, err = bytearray(), bytearray()
+        out_bytes = [0]
+        keep = self.runner.keep_output_bytes
 
-        def pump(stream: IO[bytes], sink: bytearray) -> None:
+        def pump(stream: IO[bytes], sink: bytearray, counted: list[int] | None) -> None:
             while True:
                 chunk = os.read(stream.fileno(), 65536)
                 if not chunk:
                     return
+                if counted is not None:
+                    counted[0] += len(chunk)
                 sink += chunk
+                _trim(sink, keep)
                 if to_log:
                     with self.log_lock:
                         self.log += chunk
+                        _trim(self.log, keep)
 
-        readers = [threading.Thread(target=pump, args=(process.stdout, out), daemon=True),
-                   threading.Thread(target=pump, args=(process.stderr, err), daemon=True)]
+        readers = [threading.Thread(target=pump, args=(process.stdout, out, out_bytes),
+                                    daemon=True),
+                   threading.Thread(target=pump, args=(process.stderr, err, None), daemon=True)]
         for reader in readers:
             reader.start()
+        # Reaped with os.wait4 (not Popen.wait) for the driver's resource usage; a thread
+        # waits, so the exit is seen at once while cancel and timeout are still timed here.
+        reaped = threading.Event()
+        usage: list[resource.struct_rusage] = []
+
+        def reap() -> None:
+            _, status, rusage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            usage.append(rusage)
+            reaped.set()
+
+        threading.Thread(target=reap, daemon=True).start()
         signaled_after = exited_after = None
         cancel_at = (started + self.cancel.after_seconds
                      if self.cancel and self.cancel.stage == stage and not self.canceled
                      else None)
         deadline = started + self.runner.stage_timeout_seconds
-        while process.poll() is None:
+        while not reaped.is_set():
             now = time.monotonic()
             if cancel_at is not None and now >= cancel_at:
                 self.canceled = True
                 signaled_after = now - started
-                exited_after = self._kill(process)
+                exited_after = self._kill(process, reaped)
                 cancel_at = None
                 break
             if now > deadline:
-                self._kill(process)
+                self._kill(process, reaped)
                 break
-            time.sleep(0.01)
-        process.wait()
+            reaped.wait((deadline if cancel_at is None else min(deadline, cancel_at)) - now)
+        reaped.wait()
         # gitlab-runner waits for EOF on both pipes, not just for the process.
         pipe_deadline = time.monotonic() + self.runner.pipe_grace_seconds
         for reader in readers:
@@ -374,24 +466,38 @@ class JobSession:
         if held:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-        record = Call(stage, argv, process.returncode, bytes(out), bytes(err),
-                      time.monotonic() - started, signaled_after, exited_after, held)
+        seconds = time.monotonic() - started
+        ended_at = time.time()
+        for sink in (out, err):
+            _trim(sink, keep, exact=True)
+        if to_log:
+            with self.log_lock:
+                _trim(self.log, keep, exact=True)
+        assert process.returncode is not None
+        cpu_seconds = usage[0].ru_utime + usage[0].ru_stime
+        max_rss_kb = usage[0].ru_maxrss
+        if report is not None:
+            with os.fdopen(report, "rb") as report_file:
+                own = report_file.read().split()
+            if len(own) == 2:  # none when the parent itself was killed
+                cpu_seconds, max_rss_kb = float(own[0]), int(own[1])
+        record = Call(stage, argv, process.returncode, bytes(out), bytes(err), seconds,
+                      signaled_after, exited_after, held, cpu_seconds=cpu_seconds,
+                      max_rss_kb=max_rss_kb, ended_at=ended_at, stdout_bytes=out_bytes[0])
         self.calls.append(record)
         return record
 
-    def _kill(self, process: subprocess.Popen[bytes]) -> float | None:
+    def _kill(self, process: subprocess.Popen[bytes], reaped: threading.Event) -> float | None:
         """SIGTERM to the process group, SIGKILL after the graceful timeout; exit delay."""
         sent = time.monotonic()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(self.runner.graceful_kill_seconds)
+        if reaped.wait(self.runner.graceful_kill_seconds):
             return time.monotonic() - sent
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        reaped.wait()
+        return None
 
     def outcome(self, call: Call) -> None:
         """Raise the runner's reading of a stage's exit code, or return on success."""
@@ -473,6 +579,7 @@ class JobSession:
                 config = self.call("config", ["config"], to_log=False)
                 with self.log_lock:
                     self.log += config.stderr
+                    _trim(self.log, self.runner.keep_output_bytes, exact=True)
                 self.outcome(config)
                 self.apply_config(config)
                 self.say(f"Using Custom executor with driver {self.driver_name}...\n"

@@ -106,6 +106,22 @@ if hold:
         ["sh", "-c", f"sleep {hold['seconds']}; printf %s '{hold.get('say', '')}'"],
         stdin=subprocess.DEVNULL, **streams)
     event(f"holder {child.pid}")
+if act.get("child_cpu"):
+    # A child the driver waits for, spinning for that much CPU time.
+    subprocess.run([sys.executable, "-S", "-c", "import time\n"
+                    f"while time.process_time() < {act['child_cpu']}: pass"], check=True)
+if act.get("cpu"):
+    while time.process_time() < act["cpu"]:
+        pass
+if act.get("allocate_mb"):
+    held = bytearray(act["allocate_mb"] << 20)  # zero pages count once written
+    for page in range(0, len(held), 4096):
+        held[page] = 1
+if act.get("stdout_bytes"):
+    line = b"0123456789abcdef" * 7 + b"line\n"
+    left = act["stdout_bytes"]
+    while left:
+        left -= os.write(1, (line * 1000)[:min(left, 64000)])
 if "stdout" in act:
     sys.stdout.write(act["stdout"])
     sys.stdout.flush()
@@ -156,7 +172,7 @@ class Fake:
 
     def runner(self, **overrides: float) -> RunnerEmulator:
         """A RunnerEmulator calling this fake with short test timings."""
-        timings: dict[str, float] = {"prepare_retry_seconds": 0.01,
+        timings: dict[str, Any] = {"prepare_retry_seconds": 0.01,
                                      "graceful_kill_seconds": GRACEFUL_KILL_SECONDS,
                                      "pipe_grace_seconds": PIPE_GRACE_SECONDS}
         timings.update(overrides)
@@ -773,3 +789,70 @@ def test_job_log_names_no_driver_when_config_gives_none(tmp_path: Path) -> None:
     result, _ = run(tmp_path, {"config": {"stdout": json.dumps(config)}}, job=Job(job_id=12))
     assert b"Using Custom executor...\n" in result.log
     assert b"with driver" not in result.log
+
+
+# --- resource usage and output limits -------------------------------------------------------
+
+def test_call_reports_cpu_peak_memory_and_end_time(tmp_path: Path) -> None:
+    """CPU of the driver and the child it waited for, its peak RSS, and when it ended."""
+    plan: Plan = {"build_script": {"cpu": 0.3, "child_cpu": 0.3, "allocate_mb": 96}}
+    before = time.time()
+    result, _ = run(tmp_path, plan, job=Job(job_id=13))
+    after = time.time()
+    build, config = result.call("build_script"), result.call("config")
+    assert result.status == "success"
+    assert 0.6 <= build.cpu_seconds <= build.seconds + 0.3
+    assert build.max_rss_kb >= 96 * 1024 > config.max_rss_kb > 0
+    assert config.cpu_seconds < 0.3
+    assert before < config.ended_at < build.ended_at < after
+    assert build.ended_at - build.seconds >= config.ended_at
+
+
+def test_keep_output_bytes_keeps_only_the_tail_and_counts_everything(tmp_path: Path) -> None:
+    """A runner told to keep 1000 bytes keeps the last 1000 of stdout and of the log."""
+    fake = make_fake(tmp_path, {"build_script": {"stdout_bytes": 3_000_000, "stdout": "END\n"}})
+    runner = fake.runner()
+    runner.keep_output_bytes = 1000
+    result = runner.run_job(Job(job_id=14))
+    build = result.call("build_script")
+    assert result.status == "success"
+    assert build.stdout_bytes == 3_000_004 and len(build.stdout) == 1000
+    assert build.stdout.endswith(b"END\n") and b"0123456789abcdefline\n" in build.stdout
+    assert len(result.log) <= 1000 and result.log.endswith(b"Job succeeded\n")
+
+
+def test_own_rss_reports_the_drivers_peak_not_the_runners(tmp_path: Path) -> None:
+    """A runner holding 200 MB: ru_maxrss says 200 MB, own_rss the driver's own ~100 MB."""
+    ballast = bytearray(200 << 20)
+    for page in range(0, len(ballast), 4096):
+        ballast[page] = 1
+    plan: Plan = {"build_script": {"allocate_mb": 96, "cpu": 0.2}}
+    plain, _ = run(tmp_path / "plain", plan, job=Job(job_id=15))
+    fake = make_fake(tmp_path / "own", plan)
+    runner = fake.runner()
+    runner.own_rss = True
+    own = runner.run_job(Job(job_id=15))
+    del ballast
+    assert plain.status == own.status == "success"
+    assert plain.call("build_script").max_rss_kb > 200 * 1024
+    assert 96 * 1024 < own.call("build_script").max_rss_kb < 150 * 1024
+    assert own.call("config").max_rss_kb < 50 * 1024
+    assert 0.2 <= own.call("build_script").cpu_seconds < 0.6
+    assert [c.stage for c in own.calls] == [c.stage for c in plain.calls]
+
+
+def test_own_rss_keeps_exit_codes_and_cancel(tmp_path: Path) -> None:
+    """Through the reporting parent, exit codes and SIGTERM reach the runner as before."""
+    fake = make_fake(tmp_path, {"build_script": {"exit": 1, "exit_code_file": "7"},
+                                "step_release": {"on_term": "record", "sleep": 30}})
+    runner = fake.runner()
+    runner.own_rss = True
+    failed = runner.run_job(Job(job_id=16))
+    assert (failed.status, failed.exit_code) == ("failed", 7)
+    fake = make_fake(tmp_path / "cancel", {"build_script": {"on_term": "record", "sleep": 30}})
+    runner = fake.runner()
+    runner.own_rss = True
+    canceled = runner.run_job(Job(job_id=17), Cancel("build_script", 0.5))
+    build = canceled.call("build_script")
+    assert canceled.status == "canceled" and build.exited_after_signal is not None
+    assert build.exited_after_signal < 1.0 and "term driver build_script" in fake.events_seen()

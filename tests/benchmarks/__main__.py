@@ -1,0 +1,5 @@
+"""`python -m tests.benchmarks`: the entry point `make benchmark` runs."""
+
+from .bench import main
+
+raise SystemExit(main())
