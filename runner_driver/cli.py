@@ -6,38 +6,63 @@ for everything else, including bugs; Python's own exit status 1 for an uncaught
 exception would wrongly mean "script failed". That mapping happens here and nowhere
 else. This module does no work of its own. The emulator commands (`local-cluster`,
 `demo`) import the emulator lazily, so the driver's stages never load it.
+
+Stages first offer their work to the job's agent (`agent_client`); only this module's
+light imports run before that, so a stage the agent takes never loads the Kubernetes
+client, structlog or the emulator (a test pins that).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from types import FrameType
 
-from . import __version__, logs
+from . import __version__, agent_client
 from .errors import Canceled, DriverError, JobFailed
-from .runner_env import ExitCodes, exit_codes
+
+# Typing names only: `typing`, `collections.abc` and the like cost a stage the agent
+# takes more than everything else it imports (see `agent_client`).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Mapping, Sequence
+    from types import FrameType
+    from typing import Any
+
+    from . import logs
+    from .kube import Connection
+    from .runner_env import ExitCodes, JobContext
+    from .settings import Settings
 
 EMULATOR_EXTRA_HINT = (
     "the emulated cluster needs the 'emulator' extra: pip install 'runner-driver[emulator]'")
 DOCS = "https://docs.gitlab.com/runner/executors/custom/"
 STAGES = ("config", "prepare", "run", "cleanup")
 CLEANUP_SIGTERM_GRACE_SECONDS = 3.0
+CANCELED = "canceled: gitlab-runner sent SIGTERM; stopped"
+
+
+class Wiring:
+    """What every stage needs: the settings, the job, and the cluster's credentials."""
+
+    __slots__ = ("connection", "job", "settings")
+
+    def __init__(self, settings: Settings, job: JobContext, connection: Connection) -> None:
+        self.settings = settings
+        self.job = job
+        self.connection = connection
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="runner-driver",
         description="GitLab Runner custom executor driver that runs each job in an "
                     "unprivileged Kubernetes pod built around the kaniko debug image.")
     parser.add_argument("--version", action="version", version=f"runner-driver {__version__}")
-    parser.add_argument("--config", type=Path, default=None, metavar="PATH",
+    parser.add_argument("--config", default=None, metavar="PATH",
                         help="driver settings (TOML); default: $RUNNER_DRIVER_CONFIG, else "
                              "/etc/runner-driver/config.toml if present, else built-in "
                              "defaults")
@@ -48,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
                         description=f"prepare_exec stage ({DOCS}#prepare).")
     run = commands.add_parser("run", help="run one stage script in the job's pod",
                               description=f"run_exec stage ({DOCS}#run).")
-    run.add_argument("script", type=Path, help="the script file gitlab-runner generated")
+    run.add_argument("script", help="the script file gitlab-runner generated")
     run.add_argument("stage", help="the stage name, e.g. get_sources or build_script")
     commands.add_parser("cleanup", help="delete everything created for the job",
                         description=f"cleanup_exec stage ({DOCS}#cleanup).")
@@ -67,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         "local-cluster", help="serve an emulated Kubernetes cluster on 127.0.0.1",
         description="Serve the embedded emulated cluster in the foreground and write a "
                     "kubeconfig for it once it is ready. Stop it with Ctrl-C or SIGTERM.")
-    local.add_argument("--kubeconfig", type=Path, required=True,
+    local.add_argument("--kubeconfig", required=True,
                        help="where to write the kubeconfig (context 'emulated', namespace "
                             "'default')")
     local.add_argument("--port", type=int, default=0,
@@ -81,14 +106,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the process exit code."""
-    codes = exit_codes(os.environ)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    call = stage_call(argv)
+    if call is not None:
+        return _stage(*call)
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:
         # argparse has printed the usage error; for the runner that is a system failure.
-        return 0 if exit_.code in (0, None) else codes.system_failure
+        if exit_.code in (0, None):
+            return 0
+        from .runner_env import exit_codes
+
+        return exit_codes(os.environ).system_failure
     if args.command in STAGES:
-        return _stage(args, codes)
+        arguments = {"script": args.script, "stage": args.stage} if args.command == "run" \
+            else {}
+        return _stage(args.command, args.config, arguments)
     if args.command == "gc":
         return _gc(args)
     return _emulator_command(args)
@@ -108,13 +142,66 @@ def _on_sigterm_in_cleanup(_signum: int, _frame: FrameType | None) -> None:
     signal.setitimer(signal.ITIMER_REAL, CLEANUP_SIGTERM_GRACE_SECONDS)
 
 
-def _stage(args: argparse.Namespace, codes: ExitCodes) -> int:
-    stage: str = args.command
+def stage_call(argv: Sequence[str]) -> tuple[str, str | None, dict[str, str]] | None:
+    """A stage call as gitlab-runner makes it, read without argparse; None for the rest.
+
+    argparse and the `re` it imports cost a stage more than everything else it loads, so
+    the exact calls the runner makes are recognised here: `[--config PATH] prepare`,
+    `[--config PATH] cleanup` and `[--config PATH] run SCRIPT STAGE`. Anything else
+    (help, mistakes, other commands) goes to argparse, whose reading of these calls this
+    matches (a test compares the two).
+    """
+    args = list(argv)
+    config = None
+    if len(args) >= 2 and args[0] == "--config" and not args[1].startswith("-"):
+        config, args = args[1], args[2:]
+    elif args and args[0].startswith("--config="):
+        config, args = args[0].removeprefix("--config="), args[1:]
+    if args in (["prepare"], ["cleanup"]):
+        return args[0], config, {}
+    if len(args) == 3 and args[0] == "run" and not any(a.startswith("-") for a in args[1:]):
+        return "run", config, {"script": args[1], "stage": args[2]}
+    return None
+
+
+def _stage(stage: str, config: str | None, arguments: dict[str, Any]) -> int:
+    spec = agent_client.config_spec(config, os.environ)
+    if stage != "config":
+        handoff = agent_client.hand_over(stage, arguments, os.environ, spec)
+        if handoff is not None and handoff.exit_code is not None:
+            return handoff.exit_code
+        if handoff is not None and handoff.canceled:
+            return _canceled(stage)
+        if handoff is not None and stage == "run" and handoff.stage_id:
+            arguments |= {"stage_id": handoff.stage_id, "offset": handoff.offset}
+    from .runner_env import exit_codes
+
+    return execute(stage, arguments, exit_codes(os.environ), lambda: _wire(config), spec)
+
+
+def _canceled(stage: str) -> int:
+    from .runner_env import exit_codes
+
+    _fail(stage, CANCELED)
+    return exit_codes(os.environ).system_failure
+
+
+def execute(stage: str, arguments: Mapping[str, Any], codes: ExitCodes,
+            wire: Callable[[], Wiring], agent_spec: str | None) -> int:
+    """Run one stage in this process; the runner's exit code for its outcome.
+
+    The job's agent runs its stages through here too. `agent_spec` (None in the
+    agent) lets `config` and `prepare` leave an agent for the later stages.
+    """
+    from . import logs
+
     redactor = logs.configure()
     signal.signal(signal.SIGTERM, _on_sigterm_in_cleanup if stage == "cleanup" else _on_sigterm)
+    # The agent's stage processes hold SIGTERM back until this point (see `agent`).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
         try:
-            return _dispatch(stage, args, redactor)
+            return _dispatch(stage, arguments, wire, redactor, agent_spec)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)  # cleanup's SIGTERM grace, if armed
     except JobFailed as failure:
@@ -123,7 +210,7 @@ def _stage(args: argparse.Namespace, codes: ExitCodes) -> int:
             _fail(stage, redactor.mask(str(failure)))
         return codes.build_failure
     except Canceled:
-        _fail(stage, "canceled: gitlab-runner sent SIGTERM; stopped")
+        _fail(stage, CANCELED)
         return codes.system_failure
     except DriverError as error:
         _fail(stage, redactor.mask(str(error)))
@@ -134,52 +221,93 @@ def _stage(args: argparse.Namespace, codes: ExitCodes) -> int:
         return codes.system_failure
 
 
-def _dispatch(stage: str, args: argparse.Namespace, redactor: logs.Redactor) -> int:
+def _wire(config_path: str | None) -> Wiring:
+    from pathlib import Path
+
     from . import kube, settings
+    from .runner_env import JobContext
+
+    loaded = settings.load_from(Path(config_path) if config_path else None)
+    job = JobContext.from_env()
+    return Wiring(loaded, job, kube.connect(loaded.kubernetes, loaded.source))
+
+
+def _dispatch(stage: str, arguments: Mapping[str, Any], wire: Callable[[], Wiring],
+              redactor: logs.Redactor, agent_spec: str | None) -> int:
+    import json
+    from pathlib import Path
+
+    from . import kube, logs
     from .cleanup import cleanup
     from .config_stage import config
     from .podspec import pod_name
     from .prepare import prepare
     from .run import run
-    from .runner_env import JobContext
 
-    loaded = settings.load_from(args.config)
-    job = JobContext.from_env()
+    wiring = wire()
+    loaded, job = wiring.settings, wiring.job
     logs.configure(loaded.logging.level, loaded.logging.format, job.secrets,
                    redactor=redactor)
     name = pod_name(job)
     # For `run`, the runner's stage name (get_sources, build_script, ...) says more.
-    logs.bind(stage=args.stage if stage == "run" else stage, job_id=job.job_id, pod=name)
-    connection = kube.connect(loaded.kubernetes, loaded.source)
+    logs.bind(stage=str(arguments.get("stage") or stage), job_id=job.job_id, pod=name)
     if stage == "config":
-        sys.stdout.write(json.dumps(config(loaded, job, connection.namespace)) + "\n")
+        sys.stdout.write(json.dumps(config(loaded, job, wiring.connection.namespace)) + "\n")
         sys.stdout.flush()
+        _leave_agent(wiring, agent_spec)
         return 0
-    namespace = job.namespace_from_config or connection.namespace
-    cluster = kube.Cluster(kube.Connection(connection.configuration, namespace,
-                                           connection.server),
+    namespace = job.namespace_from_config or wiring.connection.namespace
+    cluster = kube.Cluster(kube.Connection(wiring.connection.configuration, namespace,
+                                           wiring.connection.server),
                            loaded.kubernetes.request_timeout_seconds,
                            loaded.kubernetes.retry_timeout_seconds)
     if stage == "prepare":
         prepare(loaded, job, cluster, sys.stdout)
+        _leave_agent(wiring, agent_spec)
     elif stage == "run":
-        run(cluster, name, args.script, args.stage)
+        run(cluster, name, Path(arguments["script"]), arguments["stage"],
+            stage_id=str(arguments.get("stage_id") or ""),
+            offset=int(arguments.get("offset") or 0))
     else:
         cleanup(cluster, name)
     return 0
 
 
+def _leave_agent(wiring: Wiring, agent_spec: str | None) -> None:
+    """Fork the job's agent, so later stages start warm (see `agent`)."""
+    from . import agent, kube, logs
+
+    if agent_spec is None or not wiring.settings.agent.enabled:
+        return
+    path = agent_client.socket_path(os.environ, agent_spec)
+    if path is None:
+        logs.get().info("no agent for this job: TMPDIR or CUSTOM_ENV_CI_JOB_ID is not set, "
+                        "or the socket path is too long")
+        return
+
+    def serve(stage: str, arguments: dict[str, Any], codes: ExitCodes) -> int:
+        return execute(stage, arguments, codes, lambda: wiring, None)
+
+    try:
+        agent.start(path, serve, wiring.settings.agent.idle_timeout_seconds,
+                    lambda: kube.warm_up(wiring.connection))
+    except OSError as error:
+        logs.get().info("could not start the job's agent; later stages load the Kubernetes "
+                        "client themselves", error=str(error))
+
+
 def _gc(args: argparse.Namespace) -> int:
     """`gc` is an operator's command, not a runner stage: plain exit codes (0, 1)."""
     from datetime import UTC, datetime
+    from pathlib import Path
 
-    from . import kube, settings
+    from . import kube, logs, settings
     from .gc import collect, parse_duration
 
     redactor = logs.configure()
     try:
         older_than = parse_duration(args.older_than)
-        loaded = settings.load_from(args.config)
+        loaded = settings.load_from(Path(args.config) if args.config else None)
         logs.configure(loaded.logging.level, loaded.logging.format, (), redactor=redactor)
         logs.bind(stage="gc")
         connection = kube.connect(loaded.kubernetes, loaded.source)
@@ -204,17 +332,22 @@ def _write_exit_code(codes: ExitCodes, code: int) -> None:
     try:
         codes.build_exit_code_file.write_text(str(code), encoding="ascii")
     except OSError as error:
+        from . import logs
+
         logs.get().warning("could not write BUILD_EXIT_CODE_FILE",
                            path=str(codes.build_exit_code_file), error=str(error))
 
 
 def _emulator_command(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
     try:
         if args.command == "local-cluster":
             from .emulator import MissingToolError, serve_forever
 
             try:
-                asyncio.run(serve_forever(args.kubeconfig, args.port,
+                asyncio.run(serve_forever(Path(args.kubeconfig), args.port,
                                           announce=lambda m: print(m, file=sys.stderr)))
             except MissingToolError as error:
                 print(f"runner-driver: {error}", file=sys.stderr)

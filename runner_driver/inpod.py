@@ -114,7 +114,8 @@ while :; do
     echo "runner-driver-stage: exit $(cat "$status")" >&2; exit 0
   fi
   ticks=$((ticks + 1))
-  if [ "$ticks" -le 10 ]; then sleep 0.01
+  if [ "$ticks" -le 5 ]; then sleep 0.002
+  elif [ "$ticks" -le 10 ]; then sleep 0.01
   elif [ "$ticks" -le 20 ]; then sleep 0.02
   elif [ "$ticks" -le 30 ]; then sleep 0.05
   else sleep 0.1

@@ -14,12 +14,14 @@ the job log.
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import http
 import json
 import math
 import os
 import re
+import select
 import signal
 import ssl
 import threading
@@ -117,6 +119,29 @@ def connect(settings: KubernetesSettings, source: str,
     # every retry goes through `Cluster._call`, where it is bounded and logged.
     configuration.retries = False
     return Connection(configuration, namespace or "default", configuration.host)
+
+
+# The API calls the stages make.
+_CALLS = ("connect_get_namespaced_pod_exec", "create_namespaced_pod", "read_namespaced_pod",
+          "list_namespaced_pod", "delete_namespaced_pod", "list_namespaced_event",
+          "create_namespaced_secret", "list_namespaced_secret", "delete_namespaced_secret")
+
+
+def warm_up(connection: Connection) -> None:
+    """Do now what the client does on first use, so the job's agent does it once.
+
+    The client imports its API classes and their ~250 models lazily (about 0.3 s of
+    CPU), and builds each API method's argument validator (pydantic `validate_call`
+    with `defer_build`) on its first call, a few ms each. A call with no arguments
+    fails that validation before any request is made, and leaves the validator built.
+    """
+    api = Cluster(connection, 1.0)._exec_core  # CoreV1Api and its models
+    for model in ("V1Pod", "V1PodList", "V1Status", "CoreV1EventList", "V1Secret",
+                  "V1SecretList", "V1DeleteOptions", "V1WatchEvent"):
+        getattr(client, model)
+    for name in _CALLS:
+        with contextlib.suppress(Exception):
+            getattr(api, name)(None, None)
 
 
 def _read(path: Path) -> str:
@@ -606,38 +631,43 @@ class _Stalled(Exception):
 
 def _pump(session: Any, out: Sink, err: Sink, deadline: float | None,
           stall: float | None) -> bytes:
-    """Pass an exec's stdout and stderr to the sinks as they arrive; its status bytes."""
+    """Pass an exec's stdout and stderr to the sinks frame by frame; its status bytes.
+
+    It reads the websocket itself: the client's `WSClient.update` takes every frame
+    already available before it returns, appending each to a bytes buffer, so a fast
+    producer makes it copy quadratically and hold all output in memory.
+    """
+    ws = session.sock
     status = bytearray()
     last = time.monotonic()
-    while session.is_open():
+    poller = select.poll()
+    poller.register(ws.sock.fileno(), select.POLLIN)
+    while True:
         now = time.monotonic()
         if deadline is not None and now > deadline:
             break
         if stall is not None and now - last > stall:
             raise _Stalled(stall)
-        try:
-            session.update(timeout=1.0)
-        except (OSError, websocket.WebSocketException):
-            # Frames that arrived before the failure are already in the channel
-            # buffers: pass them on, so the resume offset includes them.
-            _drain(session, out, err)
-            raise
-        got, raw = _drain(session, out, err)
-        status += raw
-        if got or raw:
-            last = time.monotonic()
-    status += _drain(session, out, err)[1]
+        # A TLS socket may hold decrypted frames that poll() cannot see.
+        pending = isinstance(ws.sock, ssl.SSLSocket) and ws.sock.pending()
+        if not pending and not poller.poll(1000):
+            continue
+        opcode, frame = ws.recv_data_frame(True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            break
+        data = frame.data if opcode in (websocket.ABNF.OPCODE_BINARY,
+                                        websocket.ABNF.OPCODE_TEXT) else b""
+        if len(data) < 2:
+            continue
+        last = time.monotonic()
+        channel, payload = data[0], data[1:]
+        if channel == CHANNEL_STDOUT:
+            out(payload)
+        elif channel == CHANNEL_STDERR:
+            err(payload)
+        elif channel == CHANNEL_ERROR:
+            status += payload
     return bytes(status)
-
-
-def _drain(session: Any, out: Sink, err: Sink) -> tuple[int, bytes]:
-    stdout = session.read_channel(CHANNEL_STDOUT) or b""
-    stderr = session.read_channel(CHANNEL_STDERR) or b""
-    if stdout:
-        out(stdout)
-    if stderr:
-        err(stderr)
-    return len(stdout) + len(stderr), bytes(session.read_channel(CHANNEL_ERROR) or b"")
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -37,6 +37,7 @@ STOP_TIMEOUT_SECONDS = 4.0
 # even if no error reached us. Heartbeats also count as progress when reconnecting.
 STALL_SECONDS = 20.0
 DEATH_SETTLE_SECONDS = 1.0
+_STAGE_ID = re.compile(r"[a-z0-9_]{0,40}-[0-9]+-[0-9a-f]{8}")
 
 
 def container_for(stage: str) -> str:
@@ -49,9 +50,19 @@ def container_for(stage: str) -> str:
     return BUILD
 
 
+def new_stage_id(stage: str) -> str:
+    """A fresh id for one run of `stage`: the name of its files in the pod."""
+    return f"{re.sub(r'[^a-z0-9_]', '_', stage.lower())[:40]}-{os.getpid()}-" \
+           f"{secrets.token_hex(4)}"
+
+
 def run(cluster: Cluster, pod: str, script_path: Path, stage: str,
-        out_fd: int = 1, stall_seconds: float = STALL_SECONDS) -> None:
+        out_fd: int = 1, stall_seconds: float = STALL_SECONDS, stage_id: str = "",
+        offset: int = 0) -> None:
     """Run the stage's script in the pod, its output (stdout and stderr merged) to `out_fd`.
+
+    With the `stage_id` and `offset` of a run that an earlier process started, it
+    resumes that run: the script starts at most once, and output goes on from `offset`.
 
     Raises:
         JobFailed: the script exited non-zero (its code is kept), or its build
@@ -65,12 +76,14 @@ def run(cluster: Cluster, pod: str, script_path: Path, stage: str,
         raise ConfigError(f"reading the {stage} script {script_path}: "
                           f"{error.strerror or error}") from error
     container = container_for(stage)
-    stage_id = f"{re.sub(r'[^a-z0-9_]', '_', stage.lower())[:40]}-{os.getpid()}-" \
-               f"{secrets.token_hex(4)}"
+    if stage_id and not _STAGE_ID.fullmatch(stage_id):
+        raise ClusterError(f"resuming the {stage} stage: malformed stage id {stage_id!r}")
+    stage_id = stage_id or new_stage_id(stage)
     log = logs.get().bind(container=container, stage_id=stage_id)
     log.debug("running stage script", bytes=len(script))
     try:
-        code = _follow(cluster, pod, container, stage_id, script, out_fd, stall_seconds)
+        code = _follow(cluster, pod, container, stage_id, script, out_fd, stall_seconds,
+                       offset)
     except Canceled:
         _stop(cluster, pod, container, stage_id)
         raise
@@ -86,9 +99,9 @@ class OutputError(DriverError):
 class _Output:
     """Writes the stage's output through and counts it: the offset to resume from."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, offset: int) -> None:
         self.fd = fd
-        self.offset = 0
+        self.offset = offset
 
     def __call__(self, data: bytes) -> None:
         try:
@@ -101,10 +114,10 @@ class _Output:
 
 
 def _follow(cluster: Cluster, pod: str, container: str, stage_id: str, script: bytes,
-            out_fd: int, stall_seconds: float) -> int:
+            out_fd: int, stall_seconds: float, offset: int) -> int:
     """Start the stage (once) and follow it to its exit code across reconnects."""
     log = logs.get()
-    output = _Output(out_fd)
+    output = _Output(out_fd, offset)
     started = False
     attempt = 0
     progress_at = time.monotonic()

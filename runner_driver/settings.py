@@ -98,6 +98,14 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class AgentSettings:
+    """The per-job agent that keeps the Kubernetes client loaded between stages."""
+
+    enabled: bool = True
+    idle_timeout_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the operator can tune; see config.example.toml."""
 
@@ -106,6 +114,7 @@ class Settings:
     build: BuildSettings = field(default_factory=BuildSettings)
     helper: HelperSettings = field(default_factory=HelperSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
     source: str = "built-in defaults"
 
 
@@ -270,6 +279,8 @@ def _check(settings: Settings, path: Path) -> None:
     if settings.logging.level not in LEVELS:
         raise fail("logging.level", f"must be one of {', '.join(LEVELS)}, "
                                     f"got {settings.logging.level!r}")
+    if settings.agent.idle_timeout_seconds <= 0:
+        raise fail("agent.idle_timeout_seconds", "must be greater than 0")
     if settings.logging.format not in FORMATS:
         raise fail("logging.format", f"must be one of {', '.join(FORMATS)}, "
                                      f"got {settings.logging.format!r}")

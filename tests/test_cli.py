@@ -243,6 +243,29 @@ def test_usage_error_is_a_system_failure(tmp_path: Path, codes: dict[str, str],
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("argv", [
+    ["prepare"], ["cleanup"], ["run", "/tmp/custom-executor1/script1/script", "build_script"],
+    ["--config", "/etc/rd.toml", "prepare"], ["--config=/etc/rd.toml", "cleanup"],
+    ["--config", "", "run", "/s", "step_lint"], ["run", "relative/script", "get_sources"],
+])
+def test_stage_calls_read_without_argparse_as_argparse_reads_them(argv: list[str]) -> None:
+    """The runner's exact stage calls take the fast reading, with argparse's result."""
+    fast = cli.stage_call(argv)
+    args = cli._parser().parse_args(argv)
+    arguments = {"script": args.script, "stage": args.stage} if args.command == "run" else {}
+    assert fast == (args.command, args.config, arguments)
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["config"], ["gc"], ["demo"], ["--help"], ["run", "/s"], ["run", "/s", "a", "b"],
+    ["run", "-h", "x"], ["run", "/s", "--stage"], ["--config", "-x", "prepare"],
+    ["--conf", "/a.toml", "prepare"], ["prepare", "--config", "/a.toml"], ["--version"],
+])
+def test_everything_else_is_left_to_argparse(argv: list[str]) -> None:
+    """Help, mistakes, abbreviations and other commands never take the fast reading."""
+    assert cli.stage_call(argv) is None
+
+
 def test_help_exits_zero(tmp_path: Path) -> None:
     """`--help` is a success and lists the four stages."""
     result = _driver(tmp_path, "--help", env=CODES)

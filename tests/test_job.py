@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from runner_driver.emulator.runner import Cancel, Job
+from runner_driver.emulator import EmulatedCluster
+from runner_driver.emulator.runner import Cancel, Job, JobResult
 from tests.conftest import KANIKO, make_runner, next_job_id, pods_left, wait_for
 
 DOCKERFILE = b"FROM alpine:3.20\nRUN echo built\n"
@@ -201,3 +202,33 @@ def test_no_secret_reaches_driver_logs_or_the_pod(
     for call in session.calls:
         assert job.token.encode() not in call.stderr, call.stage
         assert secret.encode() not in call.stderr, call.stage
+
+
+def ten_stage_job(build: str) -> Job:
+    """prepare_script, get_sources, restore_cache, build_script, two steps, after_script,
+    archive_cache, upload_artifacts_on_success and cleanup_file_variables."""
+    return Job(job_id=next_job_id(), script=(build,), cache=True, artifacts=True,
+               after_script=("echo after",),
+               steps=(("lint", ("echo lint",)), ("test", ("echo test",))))
+
+
+def _requests_for(cluster: EmulatedCluster, runner: Any,
+                  build: str) -> tuple[dict[str, int], JobResult]:
+    before = cluster.request_counts()
+    result = runner.run_job(ten_stage_job(build))
+    after = cluster.request_counts()
+    return {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}, result
+
+
+def test_api_requests_per_job_are_few_and_do_not_grow_with_its_duration(
+        cluster: EmulatedCluster, runner: Any) -> None:
+    """A ten-stage job makes 13 API requests (one exec per stage), however long it runs."""
+    short, quick = _requests_for(cluster, runner, "true")
+    long, slow = _requests_for(cluster, runner, "sleep 7")  # past a heartbeat and bookmark
+    for result in (quick, slow):
+        assert result.status == "success", result.log[-2000:]
+        assert len([s for s in result.stages
+                    if s not in ("config", "prepare", "cleanup")]) == 10, result.stages
+    expected = {"create pods": 1, "watch pods": 1, "get pods/exec": 10, "delete pods": 1}
+    assert short == expected
+    assert long == expected

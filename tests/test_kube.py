@@ -13,6 +13,8 @@ import io
 import json
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -1141,3 +1143,25 @@ def test_delete_with_a_uid_spares_a_newer_pod_of_the_same_name(kcluster: kube.Cl
     current = kcluster.read_pod("reused")
     assert current is not None and current["metadata"]["uid"] == new["metadata"]["uid"]
     assert kcluster.delete_pod("reused", uid=new["metadata"]["uid"]) is True
+
+
+def test_warm_up_builds_the_call_validators_without_a_request(
+        kubeconfig: Path, cluster: EmulatedCluster) -> None:
+    """warm_up leaves every API call the stages use ready, and sends nothing."""
+    probe = (
+        "import sys\nfrom kubernetes import client\nfrom runner_driver import kube\n"
+        "from runner_driver.settings import KubernetesSettings\n"
+        "def ready():\n"
+        "    # pydantic's validate_call keeps its state in the wrapper's closure.\n"
+        "    return [all(c.cell_contents.__self__.__pydantic_complete__\n"
+        "                for c in getattr(client.CoreV1Api, n).__closure__ or ()\n"
+        "                if hasattr(c.cell_contents, '__self__')) for n in kube._CALLS]\n"
+        "connection = kube.connect(KubernetesSettings(kubeconfig=sys.argv[1]), 'test')\n"
+        "print(ready())\nkube.warm_up(connection)\nprint(ready())\n")
+    before = cluster.request_counts()
+    result = subprocess.run([sys.executable, "-c", probe, str(kubeconfig)], capture_output=True,
+                            text=True, timeout=60, check=True)
+    assert cluster.request_counts() == before
+    cold, warm = result.stdout.splitlines()
+    assert cold == str([False] * len(kube._CALLS))
+    assert warm == str([True] * len(kube._CALLS))

@@ -46,9 +46,9 @@ def _section_text(text: str, section: str) -> str:
 
 
 def test_model_has_the_documented_sections() -> None:
-    """The sections this test module introspects are the five the example documents."""
+    """The sections this test module introspects are the six the example documents."""
     assert [name for name, _ in _sections()] == ["kubernetes", "pod", "build", "helper",
-                                                 "logging"]
+                                                 "logging", "agent"]
     assert len(SECTION_KEYS) >= 16
 
 
@@ -292,6 +292,12 @@ ERRORS = [
     pytest.param("[pod]\nunschedulable_timeout_seconds = true\n",
                  "pod.unschedulable_timeout_seconds", "expected a number, got a boolean",
                  id="bool-for-unschedulable-timeout"),
+    # the per-job agent
+    pytest.param("[agent]\nidle_timeout_seconds = 0\n",
+                 "agent.idle_timeout_seconds", "must be greater than 0",
+                 id="zero-agent-idle-timeout"),
+    pytest.param('[agent]\nenabled = "no"\n', "agent.enabled",
+                 "expected true or false, got a string", id="string-for-agent-enabled"),
     # container resources: strings holding Kubernetes quantities
     pytest.param("[build]\ncpu_request = 2\n", "build.cpu_request",
                  "expected a string, got an integer", id="int-for-cpu-request"),
