@@ -168,7 +168,10 @@ class _Agent:
             self.stages.discard(pid)
 
     def _accept(self) -> None:
-        conn, _ = self.listener.accept()
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:  # the client gave up already, or we are out of descriptors
+            return
         fds: list[int] = []
         try:
             conn.settimeout(GREETING_TIMEOUT_SECONDS)

@@ -119,6 +119,8 @@ def connect(path: str) -> _socket.socket | None:
     if not private_directory(path):
         return None
     conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    # A full backlog (an agent stopped, or wedged) would block connect() for ever.
+    conn.settimeout(GREETING_TIMEOUT_SECONDS)
     try:
         reach(path, conn.connect)
     except OSError:
@@ -246,12 +248,17 @@ def hand_over(stage: str, arguments: Mapping[str, str], environ: Mapping[str, st
     name = arguments.get("stage") or stage
     terminated = _TermForwarder()
     try:
-        return _hand_over(conn, request, name, terminated)
+        terminated.install()
+        handoff = _hand_over(conn, request, name, terminated)
     except _Interrupted:
         return Handoff(canceled=True)
     finally:
-        signal.signal(signal.SIGTERM, terminated.previous)
+        terminated.uninstall()
         conn.close()
+    if handoff is not None and handoff.exit_code is None and terminated.pending:
+        # Canceled, and the stage process ended without a word: do not run it again.
+        return Handoff(canceled=True)
+    return handoff
 
 
 class _Interrupted(BaseException):
@@ -264,7 +271,14 @@ class _TermForwarder:
     def __init__(self) -> None:
         self.target = 0
         self.pending = False
+        self.previous: object = None
+
+    def install(self) -> None:
         self.previous = signal.signal(signal.SIGTERM, self._on_term)
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)  # type: ignore[arg-type]
 
     def _on_term(self, _signum: int, _frame: FrameType | None) -> None:
         self.pending = True

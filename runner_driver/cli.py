@@ -167,7 +167,10 @@ def stage_call(argv: Sequence[str]) -> tuple[str, str | None, dict[str, str]] | 
 def _stage(stage: str, config: str | None, arguments: dict[str, Any]) -> int:
     spec = agent_client.config_spec(config, os.environ)
     if stage != "config":
-        handoff = agent_client.hand_over(stage, arguments, os.environ, spec)
+        try:
+            handoff = agent_client.hand_over(stage, arguments, os.environ, spec)
+        except Exception as error:  # a bug in the light path is still a system failure
+            return _system_failure(stage, f"unexpected error: {type(error).__name__}: {error}")
         if handoff is not None and handoff.exit_code is not None:
             return handoff.exit_code
         if handoff is not None and handoff.canceled:
@@ -180,9 +183,13 @@ def _stage(stage: str, config: str | None, arguments: dict[str, Any]) -> int:
 
 
 def _canceled(stage: str) -> int:
+    return _system_failure(stage, CANCELED)
+
+
+def _system_failure(stage: str, message: str) -> int:
     from .runner_env import exit_codes
 
-    _fail(stage, CANCELED)
+    _fail(stage, message)
     return exit_codes(os.environ).system_failure
 
 
@@ -197,13 +204,16 @@ def execute(stage: str, arguments: Mapping[str, Any], codes: ExitCodes,
 
     redactor = logs.configure()
     signal.signal(signal.SIGTERM, _on_sigterm_in_cleanup if stage == "cleanup" else _on_sigterm)
-    # The agent's stage processes hold SIGTERM back until this point (see `agent`).
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
         try:
+            # The agent's stage processes hold SIGTERM back until here (see `agent`):
+            # one that came early is delivered now, inside the try, as a cancel.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             return _dispatch(stage, arguments, wire, redactor, agent_spec)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)  # cleanup's SIGTERM grace, if armed
+            # The stage is over: a later SIGTERM must not cut its report short.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     except JobFailed as failure:
         _write_exit_code(codes, failure.exit_code)
         if stage != "run":  # run's failures are the script's own output

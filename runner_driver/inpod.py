@@ -198,7 +198,7 @@ class StageControl:
         self.diagnostics: list[str] = []
         self._pending = bytearray()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         """Take the next bytes of the control channel."""
         self._pending += data
         while (end := self._pending.find(b"\n")) >= 0:

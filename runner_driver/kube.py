@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import select
 import signal
 import ssl
 import threading
@@ -52,6 +51,7 @@ STDIN_CHUNK = 32 * 1024
 _stream_uncaptured = functools.partial(
     stream.func, functools.partial(ws_client.websocket_call, capture_all=False), None)
 CHANNEL_STDOUT, CHANNEL_STDERR, CHANNEL_ERROR = 1, 2, 3
+PUMP_TICK_SECONDS = 1.0
 # Failures GitLab's Kubernetes executor retries (its built-in `retry_limits` list, see
 # kubernetes-executor-lessons.md), as they appear in client and server messages.
 TRANSIENT_MESSAGES = (
@@ -620,7 +620,7 @@ def owner_reference(pod: dict[str, Any]) -> dict[str, Any]:
             "uid": metadata["uid"], "blockOwnerDeletion": False}
 
 
-Sink = Callable[[bytes], object]
+Sink = Callable[[memoryview], object]  # a view into the frame: copy it to keep it
 
 
 class _Stalled(Exception):
@@ -635,24 +635,24 @@ def _pump(session: Any, out: Sink, err: Sink, deadline: float | None,
 
     It reads the websocket itself: the client's `WSClient.update` takes every frame
     already available before it returns, appending each to a bytes buffer, so a fast
-    producer makes it copy quadratically and hold all output in memory.
+    producer makes it copy quadratically and hold all output in memory. Reads wait at
+    most a second, so the stall and the deadline are checked without a poll per frame
+    (websocket-client resumes a frame that a timeout interrupted).
     """
     ws = session.sock
+    ws.settimeout(PUMP_TICK_SECONDS)
     status = bytearray()
     last = time.monotonic()
-    poller = select.poll()
-    poller.register(ws.sock.fileno(), select.POLLIN)
     while True:
-        now = time.monotonic()
-        if deadline is not None and now > deadline:
-            break
-        if stall is not None and now - last > stall:
-            raise _Stalled(stall)
-        # A TLS socket may hold decrypted frames that poll() cannot see.
-        pending = isinstance(ws.sock, ssl.SSLSocket) and ws.sock.pending()
-        if not pending and not poller.poll(1000):
+        try:
+            opcode, frame = ws.recv_data_frame(True)
+        except websocket.WebSocketTimeoutException:
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                break
+            if stall is not None and now - last > stall:
+                raise _Stalled(stall) from None
             continue
-        opcode, frame = ws.recv_data_frame(True)
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             break
         data = frame.data if opcode in (websocket.ABNF.OPCODE_BINARY,
@@ -660,17 +660,19 @@ def _pump(session: Any, out: Sink, err: Sink, deadline: float | None,
         if len(data) < 2:
             continue
         last = time.monotonic()
-        channel, payload = data[0], data[1:]
+        channel, payload = data[0], memoryview(data)[1:]  # no copy of the payload
         if channel == CHANNEL_STDOUT:
             out(payload)
         elif channel == CHANNEL_STDERR:
             err(payload)
         elif channel == CHANNEL_ERROR:
             status += payload
+        if deadline is not None and last > deadline:
+            break
     return bytes(status)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     """Write all of `data` to a file descriptor."""
     view = memoryview(data)
     while view:

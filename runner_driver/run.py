@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import signal
 import sys
 import time
 from pathlib import Path
@@ -84,7 +85,10 @@ def run(cluster: Cluster, pod: str, script_path: Path, stage: str,
     try:
         code = _follow(cluster, pod, container, stage_id, script, out_fd, stall_seconds,
                        offset)
-    except Canceled:
+    except (Canceled, OutputError):
+        # Nobody reads the stage any more (a cancel, or the runner gone): stop it, and
+        # let no second SIGTERM cut the stop short; the process ends right after.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         _stop(cluster, pod, container, stage_id)
         raise
     if code != 0:
@@ -103,7 +107,7 @@ class _Output:
         self.fd = fd
         self.offset = offset
 
-    def __call__(self, data: bytes) -> None:
+    def __call__(self, data: bytes | memoryview) -> None:
         try:
             write_all(self.fd, data)
         except OSError as error:

@@ -138,11 +138,12 @@ def test_config_leaves_an_agent_that_serves_the_job_and_ends_with_cleanup(
         assert served is not None and served["pid"] == first["pid"]
         # prepare, get_sources and the two stages above: config itself forked the agent.
         assert served["stages_served"] == 4
-        pid = first["pid"]
         path = socket_file(session)
-    assert session.calls[-1].stage == "cleanup" and session.calls[-1].exit_code == 0
-    wait_for(lambda: not alive(pid), timeout=5, what="the agent to exit after cleanup")
-    assert not path.exists()
+        session.cleanup()  # while the job directory (and so the socket) still exists
+        assert session.calls[-1].exit_code == 0
+        wait_for(lambda: not alive(first["pid"]), timeout=5,
+                 what="the agent to exit after cleanup")
+        assert not path.exists()
 
 
 @pytest.mark.parametrize("argv", [["run", "{script}", "build_script"], ["cleanup"]])
@@ -189,14 +190,14 @@ def test_output_and_exit_code_pass_through_byte_for_byte(runner: RunnerEmulator)
 def test_an_idle_agent_exits_and_an_in_process_prepare_leaves_a_new_one(
         kubeconfig: Path, tmp_path: Path) -> None:
     """idle_timeout_seconds ends the agent; prepare then runs itself and leaves another."""
-    runner = make_runner(kubeconfig, tmp_path, "[agent]\nidle_timeout_seconds = 0.5\n")
+    runner = make_runner(kubeconfig, tmp_path, "[agent]\nidle_timeout_seconds = 2\n")
     tempdir = tmp_path / "job"
     tempdir.mkdir(mode=0o700)
     session = JobSession(runner, Job(job_id=next_job_id()), tempdir, None)
     session.apply_config(session.call("config", ["config"]))
     first = stats(session)
     assert first is not None
-    wait_for(lambda: not alive(first["pid"]), timeout=5, what="the idle agent to exit")
+    wait_for(lambda: not alive(first["pid"]), timeout=10, what="the idle agent to exit")
     assert stats(session) is None
     prepare = session.call("prepare", ["prepare"])
     assert prepare.exit_code == 0, prepare.stderr
@@ -298,7 +299,9 @@ def test_a_stage_process_killed_mid_run_is_resumed_in_process_once(
         assert process.stdout is not None
         first = b""
         while b"line 1" not in first:  # raw reads: communicate() bypasses buffers
-            first += os.read(process.stdout.fileno(), 65536)
+            chunk = os.read(process.stdout.fileno(), 65536)
+            assert chunk, f"output ended early: {first!r}"
+            first += chunk
         stage = wait_for(lambda: children(agent["pid"]), timeout=5,
                          what="the agent's stage process")
         os.kill(stage[0], signal.SIGKILL)
@@ -314,32 +317,46 @@ def test_sigterm_reaches_the_stage_and_stops_the_script_in_the_pod(
         runner: RunnerEmulator, cluster: EmulatedCluster) -> None:
     """The runner's SIGTERM to `run` is forwarded: canceled, script stopped, exit 2."""
     with job_session(runner) as session:
+        before = stats(session)
         process = start_sleeping_run(session)
         sent = time.monotonic()
         os.killpg(process.pid, signal.SIGTERM)
         _, err = process.communicate(timeout=30)
         took = time.monotonic() - sent
         sleeping = in_pod(cluster, session, "ps -o args | grep -c '[s]leep 300' || true")
+        after = stats(session)
+    assert before and after and after["stages_served"] == before["stages_served"] + 1
     assert process.returncode == 2, err  # SYSTEM_FAILURE_EXIT_CODE
     assert b"canceled: gitlab-runner sent SIGTERM" in err
     assert took < 10
     assert sleeping.strip() == b"0"
 
 
+@pytest.mark.parametrize("chatty", [False, True], ids=["quiet", "chatty"])
 def test_a_killed_client_makes_the_agent_stop_the_stage(
-        runner: RunnerEmulator, cluster: EmulatedCluster) -> None:
-    """SIGKILL to `run` (the runner gave up on it): the agent stops the script in the pod."""
+        runner: RunnerEmulator, cluster: EmulatedCluster, chatty: bool) -> None:
+    """SIGKILL to `run` (the runner gave up on it): the agent stops the script in the pod,
+    whether it was silent (noticed on the socket) or printing (noticed on the pipe)."""
+    body = ("echo started; while :; do echo chatter; echo x >> /scratch/alive; sleep 0.01; "
+            "done" if chatty else "echo started; sleep 300")
     with job_session(runner) as session:
         agent = stats(session)
         assert agent is not None
-        process = start_sleeping_run(session)
+        process = start_run(session, script_file(session, body))
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"started\n"
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
         wait_for(lambda: not children(agent["pid"]), timeout=15,
                  what="the agent's stage process to end")
-        wait_for(lambda: in_pod(cluster, session,
-                                "ps -o args | grep -c '[s]leep 300' || true").strip() == b"0",
-                 timeout=10, what="the script to be stopped in the pod")
+        if chatty:  # stopped means: its file stops growing
+            probe = "wc -c < /scratch/alive; sleep 0.5; wc -c < /scratch/alive"
+            wait_for(lambda: len(set(in_pod(cluster, session, probe).split())) == 1,
+                     timeout=10, what="the script to be stopped in the pod")
+        else:
+            wait_for(lambda: in_pod(cluster, session, "ps -o args | grep -c '[s]leep 300' "
+                                                      "|| true").strip() == b"0",
+                     timeout=10, what="the script to be stopped in the pod")
 
 
 @contextlib.contextmanager
@@ -406,5 +423,7 @@ def test_cleanup_while_a_run_is_still_going(runner: RunnerEmulator,
         assert cleanup.exit_code == 0 and cleanup.seconds < 10, cleanup.stderr
         _, err = process.communicate(timeout=60)
         assert process.returncode == 2, err  # the pod went away under the script
-    wait_for(lambda: not alive(agent["pid"]), timeout=10, what="the agent to exit")
+        assert b"continuing in this process" not in err  # the run stayed the agent's
+        # Only a cleanup the agent served ends it (its socket is still there).
+        wait_for(lambda: not alive(agent["pid"]), timeout=10, what="the agent to exit")
     assert pods_left(core) == []

@@ -414,7 +414,8 @@ def test_sigterm_stops_a_hanging_cleanup_after_the_grace(
 
 @pytest.fixture
 def in_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """`cli.main` in this process: runner variables cleared; SIGTERM and structlog restored."""
+    """`cli.main` in this process: runner variables cleared; SIGTERM (its handler and mask)
+    and structlog restored."""
     for name in [*os.environ]:
         if name.startswith("CUSTOM_ENV_") or name in (
                 "KUBECONFIG", "RUNNER_DRIVER_CONFIG", "BUILD_EXIT_CODE_FILE", "JOB_RESPONSE_FILE",
@@ -423,10 +424,12 @@ def in_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     for name, value in CODES.items():
         monkeypatch.setenv(name, value)
     handler = signal.getsignal(signal.SIGTERM)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
     try:
         yield monkeypatch
     finally:
         signal.signal(signal.SIGTERM, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         structlog.reset_defaults()
         structlog.contextvars.clear_contextvars()
 

@@ -295,7 +295,9 @@ def leftovers(core: client.CoreV1Api, namespace: str) -> str:
                                                    {"app.kubernetes.io/managed-by": "tests"}))
     core.create_namespaced_secret(namespace, wire_secret("s-done", done, MANAGED))
     core.create_namespaced_secret(namespace, wire_secret("s-live", live, MANAGED))
-    core.create_namespaced_secret(namespace, wire_secret("s-foreign", done, {}))
+    # Owned by the pod that stays: Kubernetes' own garbage collector would remove it
+    # with `done`, and the tests could not tell that from gc deleting it.
+    core.create_namespaced_secret(namespace, wire_secret("s-foreign", live, {}))
 
     def settled() -> bool:
         phases = {p.metadata.name: p.status.phase

@@ -15,6 +15,8 @@ import math
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,6 +27,7 @@ from typing import Any, cast
 from urllib.parse import urlencode
 
 import websocket
+import yaml
 
 from runner_driver.emulator import EmulatedCluster, NodeSettings
 from runner_driver.emulator.runner import (
@@ -133,7 +136,10 @@ def agent_stats_function() -> tuple[StatsFunction | None, str]:
 class Bench:
     """One emulated cluster and the driver under test, with a runner factory."""
 
-    cluster: EmulatedCluster
+    # In this process (with the hooks floors, latency and request counts need), or None
+    # when the cluster runs in a process of its own (`external`).
+    cluster: EmulatedCluster | None
+    port: int
     workdir: Path
     driver: list[str]
     driver_env: dict[str, str]
@@ -157,10 +163,45 @@ class Bench:
                 config = workdir / "driver.toml"
                 config.write_text(settings, encoding="utf-8")
                 stats_for, source = agent_stats_function()
-                yield cls(cluster, workdir, list(driver), dict(driver_env), kubeconfig,
-                          config, stats_for, source)
+                yield cls(cluster, cluster.port, workdir, list(driver), dict(driver_env),
+                          kubeconfig, config, stats_for, source)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+    @contextmanager
+    def external(self) -> Iterator[Bench]:
+        """The same driver against an emulated cluster in a process of its own.
+
+        For throughput: a cluster in this process shares its GIL with whatever reads
+        the output here (the raw websocket reader, or the runner emulator's pipes), so
+        each would slow the server down by its own Python work.
+        """
+        workdir = Path(tempfile.mkdtemp(prefix="runner-driver-bench-", dir=self.workdir))
+        kubeconfig = workdir / "kubeconfig"
+        server = subprocess.Popen([sys.executable, "-m", "runner_driver.cli", "local-cluster",
+                                   "--kubeconfig", str(kubeconfig)],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while not kubeconfig.exists():
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError("the emulated cluster process did not start")
+                time.sleep(0.05)
+            url = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+            yield Bench(None, int(url.rsplit(":", 1)[1]), workdir, self.driver,
+                        self.driver_env, kubeconfig, self.config, self.stats_for,
+                        self.stats_source)
+        finally:
+            server.terminate()
+            server.wait(30)
+
+    @property
+    def emulated(self) -> EmulatedCluster:
+        """The in-process cluster, for the measurements that need its hooks."""
+        if self.cluster is None:
+            raise BenchError("this measurement needs the in-process emulated cluster")
+        return self.cluster
 
     def job_id(self) -> int:
         """A job id (so a pod name) not used before in this cluster."""
@@ -211,7 +252,7 @@ class Bench:
         """
         container = container_for(stage)
         shell = self.shell(pod, container)
-        code, output, seconds = self.cluster.run_in_sandbox(NAMESPACE, pod, container,
+        code, output, seconds = self.emulated.run_in_sandbox(NAMESPACE, pod, container,
                                                             [shell, "-c", script])
         if code != 0:
             raise BenchError(f"the {stage} script exited {code} when run directly in "
@@ -221,7 +262,7 @@ class Bench:
     def shell(self, pod: str, container: str) -> str:
         """The shell the driver picks in this container (the same image in every job)."""
         if container not in self.shells:
-            code, output, _ = self.cluster.run_in_sandbox(NAMESPACE, pod, container,
+            code, output, _ = self.emulated.run_in_sandbox(NAMESPACE, pod, container,
                                                           ["/bin/sh", "-c", SHELL_PROBE])
             if code != 0:
                 raise BenchError(f"finding the shell in {container}: {output!r}")
@@ -260,7 +301,7 @@ class Bench:
         """
         query = urlencode([("container", container), ("stdout", "true"), ("stderr", "true"),
                            *(("command", part) for part in command)])
-        url = (f"ws://127.0.0.1:{self.cluster.port}/api/v1/namespaces/{NAMESPACE}/pods/"
+        url = (f"ws://127.0.0.1:{self.port}/api/v1/namespaces/{NAMESPACE}/pods/"
                f"{pod}/exec?{query}")
         received, status = 0, b""
         started = time.monotonic()

@@ -204,7 +204,7 @@ def running_to_prepare(bench: Bench, jobs: int = 10) -> Item:
     for _ in range(jobs):
         with bench.session(runner, Job(job_id=bench.job_id())) as session:
             prepare = [c for c in session.calls if c.stage == "prepare"][-1]
-            running = bench.cluster.running_at(NAMESPACE, session.hostname)
+            running = bench.emulated.running_at(NAMESPACE, session.hostname)
             if running is None:
                 raise BenchError(f"pod {session.hostname} has no Running time")
             samples.append({"pod": session.hostname, "running_at": running,
@@ -262,24 +262,9 @@ def log_throughput(bench: Bench, repeats: int = 3, cap_seconds: float = 30.0) ->
     item = Item("4. log throughput and peak memory")
     size = 200 * MB
     command = generator(size)
-    driver: list[float] = []
-    raw: list[float] = []
-    complete: list[bool] = []
-    runner = bench.runner()
-    with bench.session(runner, Job(job_id=bench.job_id())) as session:
-        session.run_stage("prepare_script")
-        session.run_stage("get_sources")
-        for _ in range(repeats):  # alternated, so drift hits both alike
-            call, finished = capped_run(session, size, cap_seconds)
-            driver.append(call.stdout_bytes / call.seconds)
-            complete.append(finished)
-            received, seconds, status = bench.raw_exec(session.hostname, BUILD,
-                                                       ["sh", "-c", command])
-            if received != size or b"Success" not in status:
-                raise BenchError(f"raw exec delivered {received} of {size} bytes: {status!r}")
-            raw.append(size / seconds)
-            if not finished:
-                break  # one capped sample says enough, and repeats would take minutes
+    # The cluster in a process of its own: see `Bench.external`.
+    with bench.external() as remote:
+        driver, raw, complete = _throughputs(remote, command, size, repeats, cap_seconds)
     ratio = median(driver) / median(raw)
     memory = {mb: peak_memory(bench, mb * MB, cap_seconds) for mb in (20, 200)}
     floor_kb = rss_floor_kb(bench)
@@ -311,6 +296,30 @@ def log_throughput(bench: Bench, repeats: int = 3, cap_seconds: float = 30.0) ->
     item.rows.append(Row("  RSS measurement floor (reporting parent)",
                          f"{floor_kb / 1000:.1f} MB"))
     return item
+
+
+def _throughputs(bench: Bench, command: str, size: int, repeats: int,
+                 cap_seconds: float) -> tuple[list[float], list[float], list[bool]]:
+    """Bytes per second through `run` and through a raw exec, alternated; completeness."""
+    driver: list[float] = []
+    raw: list[float] = []
+    complete: list[bool] = []
+    runner = bench.runner()
+    with bench.session(runner, Job(job_id=bench.job_id())) as session:
+        session.run_stage("prepare_script")
+        session.run_stage("get_sources")
+        for _ in range(repeats):  # alternated, so drift hits both alike
+            call, finished = capped_run(session, size, cap_seconds)
+            driver.append(call.stdout_bytes / call.seconds)
+            complete.append(finished)
+            received, seconds, status = bench.raw_exec(session.hostname, BUILD,
+                                                       ["sh", "-c", command])
+            if received != size or b"Success" not in status:
+                raise BenchError(f"raw exec delivered {received} of {size} bytes: {status!r}")
+            raw.append(size / seconds)
+            if not finished:
+                break  # one capped sample says enough, and repeats would take minutes
+    return driver, raw, complete
 
 
 def peak_memory(bench: Bench, size: int, cap_seconds: float) -> dict[str, Any]:
@@ -350,9 +359,9 @@ def api_requests(bench: Bench, long_seconds: float) -> Item:
     runner = bench.runner(stage_timeout_seconds=max(600.0, long_seconds + 120))
     totals: dict[str, int] = {}
     for seconds in (10.0, long_seconds):
-        before = bench.cluster.request_counts()
+        before = bench.emulated.request_counts()
         job = bench.run_job(runner, ten_stage_job(bench.job_id(), (f"sleep {seconds:g}",)))
-        after = bench.cluster.request_counts()
+        after = bench.emulated.request_counts()
         require_success(job, f"{seconds:g} s job")
         delta = {k: n - before.get(k, 0) for k, n in sorted(after.items())
                  if n - before.get(k, 0)}
@@ -383,7 +392,7 @@ def concurrent_jobs(bench: Bench, jobs: int, floor_seconds: float | None) -> Ite
     assert floor_seconds is not None
     barrier = threading.Barrier(jobs)
     results: list[MeasuredJob | BaseException | None] = [None] * jobs
-    requests_before = sum(bench.cluster.request_counts().values())
+    requests_before = sum(bench.emulated.request_counts().values())
 
     def one(index: int, job_id: int) -> None:
         runner = bench.runner(stage_timeout_seconds=600.0)
@@ -409,7 +418,7 @@ def concurrent_jobs(bench: Bench, jobs: int, floor_seconds: float | None) -> Ite
     item.data = {"jobs": jobs, "elapsed_seconds": elapsed, "floor_seconds": floor_seconds,
                  "floor_from": floor_from, "failures": failures,
                  "job_wall_seconds": [j.wall for j in done], "overhead": summary(overhead),
-                 "api_requests": sum(bench.cluster.request_counts().values()) - requests_before,
+                 "api_requests": sum(bench.emulated.request_counts().values()) - requests_before,
                  "calls": [[call_data(c) for c in j.result.calls] for j in done]}
     item.rows = [
         Row("jobs failed", f"{len(failures)} of {jobs}", "0",
