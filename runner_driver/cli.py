@@ -212,8 +212,9 @@ def execute(stage: str, arguments: Mapping[str, Any], codes: ExitCodes,
             return _dispatch(stage, arguments, wire, redactor, agent_spec)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)  # cleanup's SIGTERM grace, if armed
-            # The stage is over: a later SIGTERM must not cut its report short.
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            # The stage is over: a later SIGTERM must not cut its report short. (Ignored,
+            # not blocked: a blocked signal would stay blocked in every child we start.)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except JobFailed as failure:
         _write_exit_code(codes, failure.exit_code)
         if stage != "run":  # run's failures are the script's own output

@@ -87,9 +87,12 @@ def run(cluster: Cluster, pod: str, script_path: Path, stage: str,
                        offset)
     except (Canceled, OutputError):
         # Nobody reads the stage any more (a cancel, or the runner gone): stop it, and
-        # let no second SIGTERM cut the stop short; the process ends right after.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        _stop(cluster, pod, container, stage_id)
+        # let no second SIGTERM cut the stop short.
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            _stop(cluster, pod, container, stage_id)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         raise
     if code != 0:
         log.info("stage script failed", exit_code=code)

@@ -475,6 +475,8 @@ def test_job_failed_returns_the_build_code_and_writes_the_scripts_code(
         script.write_text(bash_script("echo before-exit\nexit 7\n"), encoding="utf-8")
         code = cli.main(["run", str(script), "build_script"])
         written = session.exit_code_file.read_text(encoding="ascii")
+    # A blocked SIGTERM would be inherited by every process started afterwards.
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
     captured = capfd.readouterr()
     assert code == 4
     assert written == "7"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -217,6 +218,7 @@ def test_a_closed_job_log_pipe_is_a_system_failure_without_reconnects(
                           "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i + 1)); done\n")
     read_end, write_end = os.pipe()
     os.close(read_end)
+    handler = signal.getsignal(signal.SIGTERM)
     try:
         with runner.session(Job(job_id=next_job_id())) as session, \
                 pytest.raises(run.OutputError):
@@ -224,6 +226,9 @@ def test_a_closed_job_log_pipe_is_a_system_failure_without_reconnects(
     finally:
         os.close(write_end)
     assert "reconnecting" not in log.getvalue()
+    # Stopping the stage held SIGTERM off only meanwhile: nothing leaks to later children.
+    assert signal.getsignal(signal.SIGTERM) == handler
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
 
 
 def test_script_copies_of_dead_launchers_are_swept(runner: Any) -> None:
