@@ -87,19 +87,22 @@ def _listen(path: str) -> socket.socket | None:
                       "private to this user")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        reach(path, listener.bind)
+        try:
+            reach(path, listener.bind)
+        except OSError:
+            alive = connect(path)
+            if alive is not None:
+                alive.close()
+                listener.close()
+                return None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # left by an agent that died
+            reach(path, listener.bind)
+        listener.listen(16)
     except OSError:
-        alive = connect(path)
-        if alive is not None:
-            alive.close()
-            listener.close()
-            return None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)  # left by an agent that died
-        reach(path, listener.bind)
-    listener.listen(16)
+        listener.close()
+        raise
     return listener
-
 
 
 def _detach(keep: int) -> None:
@@ -233,6 +236,8 @@ class _Agent:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.dup2(fds[0], 1)
         os.dup2(fds[1], 2)
+        for fd in fds:
+            os.close(fd)
         stage = request["stage"]
         arguments: dict[str, Any] = _section(request, "arg.")
         if stage == "run" and not arguments.get("stage_id"):

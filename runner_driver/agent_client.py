@@ -221,7 +221,6 @@ def stats_for(environ: Mapping[str, str],
     if conn is None:
         return None
     try:
-        conn.settimeout(GREETING_TIMEOUT_SECONDS)
         send(conn, {"op": "stats"})
         reply = Messages(conn).next()
         return {k: int(v) if v.isdigit() else float(v) for k, v in reply.items()} \

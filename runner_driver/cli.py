@@ -292,8 +292,8 @@ def _leave_agent(wiring: Wiring, agent_spec: str | None) -> None:
         return
     path = agent_client.socket_path(os.environ, agent_spec)
     if path is None:
-        logs.get().info("no agent for this job: TMPDIR or CUSTOM_ENV_CI_JOB_ID is not set, "
-                        "or the socket path is too long")
+        logs.get().info("no agent for this job: TMPDIR (absolute) or CUSTOM_ENV_CI_JOB_ID "
+                        "is not set")
         return
 
     def serve(stage: str, arguments: dict[str, Any], codes: ExitCodes) -> int:

@@ -238,7 +238,8 @@ def test_no_agent_in_a_directory_other_users_can_enter(runner: RunnerEmulator,
     session.cleanup()
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another user")
+@pytest.mark.skipif(os.getuid() != 0, reason="a process of another uid can only be made by root "
+                    "(setuid); CI runs as root, so it runs there")
 def test_the_agent_serves_no_other_user(runner: RunnerEmulator) -> None:
     """Even with the socket reachable, a process of another uid gets no answer."""
     # Under /tmp itself, so that another user can reach it once we open it up.
