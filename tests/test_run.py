@@ -199,15 +199,21 @@ def test_a_long_quiet_stage_still_reconnects_after_a_late_drop(
     assert call.stderr.count(b"reconnecting to the stage") == 2, call.stderr.decode()
 
 
-def test_a_script_that_kills_its_supervisor_is_reported_not_awaited(runner: Any) -> None:
+def test_a_script_that_kills_its_supervisor_is_reported_not_awaited(
+        kubeconfig: Path, tmp_path: Path) -> None:
     """With no one left to record an exit status, run fails as a system failure, in seconds."""
+    # A runner that gives up on the stage long before pytest would, and debug logs: if
+    # this ever hangs again, the failure shows what the driver was doing.
+    runner = make_runner(kubeconfig, tmp_path, '[logging]\nlevel = "debug"\n',
+                         stage_timeout_seconds=45)
     with runner.session(Job(job_id=next_job_id())) as session:
         with pytest.raises(StageFailed) as failed:
             session.run_body("build_script", "kill -KILL $PPID\necho orphaned\n")
         call = session.calls[-1]
-    assert failed.value.kind == "system"
-    assert b"is not running and left no exit status" in call.stderr
-    assert call.seconds < 20
+    diagnostics = call.stderr.decode(errors="replace")
+    assert failed.value.kind == "system", diagnostics
+    assert "is not running and left no exit status" in diagnostics
+    assert call.seconds < 20, diagnostics
 
 
 def test_a_closed_job_log_pipe_is_a_system_failure_without_reconnects(

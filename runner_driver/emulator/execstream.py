@@ -141,7 +141,8 @@ class ExecEndpoint:
             return
         try:
             process = await start_exec(container.sandbox, container.pid, command, container.env,
-                                       container.cwd, with_stdin=flag["stdin"])
+                                       container.cwd, with_stdin=flag["stdin"],
+                                       pidfd=container.pidfd)
         except (ProcessLookupError, FileNotFoundError, PermissionError) as error:
             message = f"error executing command in container: container is not running: {error}"
             await send(CHANNEL_ERROR, json.dumps({

@@ -87,6 +87,7 @@ class ContainerRun:
     cwd: str = "/"
     process: asyncio.subprocess.Process | None = None
     pid: int = 0
+    pidfd: int = -1  # names `pid` for signals: see sandbox.open_pidfd
     log_path: Path | None = None
     termination_log: Path | None = None
     state: Obj = field(default_factory=lambda: {"waiting": dict(WAITING_CREATING)})
@@ -99,6 +100,12 @@ class ContainerRun:
     oom_baseline: int = 0
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     log_writers: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def _close_pidfd(c: ContainerRun) -> None:
+    if c.pidfd >= 0:
+        os.close(c.pidfd)
+        c.pidfd = -1
 
 
 @dataclass
@@ -300,7 +307,7 @@ class Kubelet:
             raise ApiError(404, "NotFound",
                            f'container "{container}" in pod "{name}" is not running')
         target.forced_reason = "OOMKilled"
-        sandbox.signal_pid(target.pid, signal.SIGKILL)
+        sandbox.signal_process(target.pidfd, signal.SIGKILL)
 
     def container_for(self, namespace: str, name: str, container: str | None,
                       action: str) -> tuple[PodRun, ContainerRun]:
@@ -486,7 +493,7 @@ class Kubelet:
         assert target.sandbox is not None
         started = time.monotonic()
         process = await sandbox.start_exec(target.sandbox, target.pid, argv, target.env,
-                                           target.cwd, with_stdin=True)
+                                           target.cwd, with_stdin=True, pidfd=target.pidfd)
         out, err = await process.communicate(stdin)
         code = await process.wait()  # already reaped by communicate: returns at once
         seconds = time.monotonic() - started
@@ -719,9 +726,9 @@ class Kubelet:
             self.events.record(pod, "Normal", "Created", f"Created container: {c.name}",
                                field_path=field_path)
             c.exited.clear()
-            process, pid = await sandbox.start_container(c.sandbox, argv, c.env, c.cwd,
-                                                         c.termination_log)
-            c.process, c.pid = process, pid
+            process, pid, pidfd = await sandbox.start_container(c.sandbox, argv, c.env, c.cwd,
+                                                                c.termination_log)
+            c.process, c.pid, c.pidfd = process, pid, pidfd
             c.container_id = "bwrap://" + pysecrets.token_hex(32)
             started = now_rfc3339()
             c.state = {"running": {"startedAt": started}}
@@ -751,6 +758,7 @@ class Kubelet:
             if message:
                 terminated["message"] = message
             c.pid = 0
+            _close_pidfd(c)
             c.ready = False
             c.state = {"terminated": terminated}
             sandbox.remove_cgroup(c.sandbox.cgroup)
@@ -789,7 +797,7 @@ class Kubelet:
             await asyncio.sleep(0.1)
             if sandbox.oom_kills(c.sandbox.cgroup) > c.oom_baseline:
                 c.forced_reason = "OOMKilled"
-                sandbox.signal_pid(c.pid, signal.SIGKILL)
+                sandbox.signal_process(c.pidfd, signal.SIGKILL)
                 return
 
     async def _copy_log(self, stream: asyncio.StreamReader | None, path: Path,
@@ -827,12 +835,12 @@ class Kubelet:
             if pod is not None:
                 self.events.record(pod, "Normal", "Killing", f"Stopping container {c.name}",
                                    field_path=f"spec.containers{{{c.name}}}")
-            sandbox.signal_pid(c.pid, signal.SIGTERM)
+            sandbox.signal_process(c.pidfd, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for c in running:
             remaining = max(0.0, deadline - time.monotonic())
             if not await wait_event(c.exited, remaining):
-                sandbox.signal_pid(c.pid, signal.SIGKILL)
+                sandbox.signal_process(c.pidfd, signal.SIGKILL)
         if run.task is not None:
             await wait_event(run.finished, 5)
         if remove:
@@ -845,7 +853,8 @@ class Kubelet:
                 await run.task
         for c in run.containers.values():
             if c.pid > 0:
-                sandbox.signal_pid(c.pid, signal.SIGKILL)
+                sandbox.signal_process(c.pidfd, signal.SIGKILL)
+            _close_pidfd(c)
             if c.sandbox is not None:
                 sandbox.remove_cgroup(c.sandbox.cgroup)
         self.runs.pop((run.namespace, run.name), None)
@@ -862,12 +871,13 @@ class Kubelet:
             run.terminating = True
             run.stop.set()
             for c in run.containers.values():
-                sandbox.signal_pid(c.pid, signal.SIGKILL)
+                sandbox.signal_process(c.pidfd, signal.SIGKILL)
         for run in list(self.runs.values()):
             for c in run.containers.values():
                 if c.process is not None and c.process.returncode is None:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(c.process.wait(), 5)
+                _close_pidfd(c)
                 if c.sandbox is not None:
                     sandbox.remove_cgroup(c.sandbox.cgroup)
         tasks = list(self._tasks)

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -428,36 +427,35 @@ class JobSession:
                    threading.Thread(target=pump, args=(process.stderr, err, None), daemon=True)]
         for reader in readers:
             reader.start()
-        # Reaped with os.wait4 (not Popen.wait) for the driver's resource usage; a thread
-        # waits, so the exit is seen at once while cancel and timeout are still timed here.
-        reaped = threading.Event()
-        usage: list[resource.struct_rusage] = []
+        # A thread watches for the exit, so it is seen at once while cancel and timeout
+        # are still timed here. It leaves the driver a zombie (WNOWAIT): until it is
+        # reaped below, its pid, which names its process group, cannot be reused, so the
+        # kills here never reach an unrelated process that got the same number.
+        exited = threading.Event()
 
-        def reap() -> None:
-            _, status, rusage = os.wait4(process.pid, 0)
-            process.returncode = os.waitstatus_to_exitcode(status)
-            usage.append(rusage)
-            reaped.set()
+        def watch() -> None:
+            os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+            exited.set()
 
-        threading.Thread(target=reap, daemon=True).start()
+        threading.Thread(target=watch, daemon=True).start()
         signaled_after = exited_after = None
         cancel_at = (started + self.cancel.after_seconds
                      if self.cancel and self.cancel.stage == stage and not self.canceled
                      else None)
         deadline = started + self.runner.stage_timeout_seconds
-        while not reaped.is_set():
+        while not exited.is_set():
             now = time.monotonic()
             if cancel_at is not None and now >= cancel_at:
                 self.canceled = True
                 signaled_after = now - started
-                exited_after = self._kill(process, reaped)
+                exited_after = self._kill(process, exited)
                 cancel_at = None
                 break
             if now > deadline:
-                self._kill(process, reaped)
+                self._kill(process, exited)
                 break
-            reaped.wait((deadline if cancel_at is None else min(deadline, cancel_at)) - now)
-        reaped.wait()
+            exited.wait((deadline if cancel_at is None else min(deadline, cancel_at)) - now)
+        exited.wait()
         # gitlab-runner waits for EOF on both pipes, not just for the process.
         pipe_deadline = time.monotonic() + self.runner.pipe_grace_seconds
         for reader in readers:
@@ -466,6 +464,9 @@ class JobSession:
         if held:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
+        # Reaped with os.wait4 (not Popen.wait) for the driver's resource usage.
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.monotonic() - started
         ended_at = time.time()
         for sink in (out, err):
@@ -473,9 +474,8 @@ class JobSession:
         if to_log:
             with self.log_lock:
                 _trim(self.log, keep, exact=True)
-        assert process.returncode is not None
-        cpu_seconds = usage[0].ru_utime + usage[0].ru_stime
-        max_rss_kb = usage[0].ru_maxrss
+        cpu_seconds = usage.ru_utime + usage.ru_stime
+        max_rss_kb = usage.ru_maxrss
         if report is not None:
             with os.fdopen(report, "rb") as report_file:
                 own = report_file.read().split()
@@ -487,16 +487,16 @@ class JobSession:
         self.calls.append(record)
         return record
 
-    def _kill(self, process: subprocess.Popen[bytes], reaped: threading.Event) -> float | None:
+    def _kill(self, process: subprocess.Popen[bytes], exited: threading.Event) -> float | None:
         """SIGTERM to the process group, SIGKILL after the graceful timeout; exit delay."""
         sent = time.monotonic()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGTERM)
-        if reaped.wait(self.runner.graceful_kill_seconds):
+        if exited.wait(self.runner.graceful_kill_seconds):
             return time.monotonic() - sent
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
-        reaped.wait()
+        exited.wait()
         return None
 
     def outcome(self, call: Call) -> None:

@@ -151,11 +151,12 @@ def _in_cgroup(spec: SandboxSpec, argv: list[str]) -> list[str]:
 
 
 async def start_container(spec: SandboxSpec, argv: list[str], env: dict[str, str], cwd: str,
-                          termination_log: Path) -> tuple[asyncio.subprocess.Process, int]:
+                          termination_log: Path) -> tuple[asyncio.subprocess.Process, int, int]:
     """Start a container's main process as PID 1 of a new pid namespace.
 
-    Returns the bwrap process (its exit status is the container's) and the host pid
-    of the container's PID 1, through which execs join the namespace.
+    Returns the bwrap process (its exit status is the container's), the host pid of
+    the container's PID 1, through which execs join the namespace, and a pidfd for it
+    (-1 when there is none), which the caller closes.
     """
     info_read, info_write = os.pipe()
     cmd = _in_cgroup(spec, [
@@ -178,7 +179,37 @@ async def start_container(spec: SandboxSpec, argv: list[str], env: dict[str, str
         child_pid = int(json.loads(raw)["child-pid"]) if raw.strip() else 0
     except (ValueError, KeyError):
         child_pid = 0
-    return process, child_pid
+    return process, child_pid, open_pidfd(child_pid)
+
+
+# Container PID 1s are bwrap's children, not ours: we never reap them, and the host
+# reuses their pids once they exit (pid_max is often 32768, and a busy node cycles
+# through that in minutes). A pid signalled after its exit can reach an unrelated
+# process, such as another cluster's exec, so signals go through a pidfd, which
+# always names the process it was opened for.
+
+
+def open_pidfd(pid: int) -> int:
+    """A pidfd for a live host pid, or -1 when there is none (gone, or an old kernel)."""
+    if pid <= 0:
+        return -1
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return -1
+
+
+def signal_process(pidfd: int, signum: int) -> None:
+    """Send a signal through a pidfd, ignoring processes that are already gone."""
+    if pidfd >= 0:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            signal.pidfd_send_signal(pidfd, signum)
+
+
+def _check_alive(pidfd: int) -> None:
+    """Raise ProcessLookupError if the process a pidfd names has exited."""
+    if pidfd >= 0:
+        signal.pidfd_send_signal(pidfd, 0)
 
 
 def _read_all(fd: int) -> bytes:
@@ -189,9 +220,12 @@ def _read_all(fd: int) -> bytes:
 
 
 async def start_exec(spec: SandboxSpec, container_pid: int, argv: list[str],
-                     env: dict[str, str], cwd: str,
-                     with_stdin: bool) -> asyncio.subprocess.Process:
+                     env: dict[str, str], cwd: str, with_stdin: bool,
+                     pidfd: int = -1) -> asyncio.subprocess.Process:
     """Run a command inside a running container (its files and its pid namespace).
+
+    `pidfd` names the container's PID 1; with it, a pid the host has since given to
+    another process is never joined.
 
     Raises:
         ProcessLookupError: the container's PID 1 is gone.
@@ -208,6 +242,7 @@ async def start_exec(spec: SandboxSpec, container_pid: int, argv: list[str],
             raise FileNotFoundError("nsenter (util-linux) is needed to exec without root")
         pid_ns = os.open(f"/proc/{container_pid}/ns/pid", os.O_RDONLY)
         try:
+            _check_alive(pidfd)  # after the open: the namespace is the container's
             # The user namespace that owns the pid namespace, which bwrap may have
             # nested below the one its PID 1 runs in (NS_GET_USERNS).
             owner = fcntl.ioctl(pid_ns, 0xB701)
@@ -224,6 +259,7 @@ async def start_exec(spec: SandboxSpec, container_pid: int, argv: list[str],
             os.close(owner)
     ns_fd = os.open(f"/proc/{container_pid}/ns/pid", os.O_RDONLY)
     try:
+        _check_alive(pidfd)  # after the open: the namespace is the container's
         cmd = _in_cgroup(spec, [
             bwrap_path(), "--pidns", str(ns_fd), "--die-with-parent",
             *_common_args(spec, env, cwd), "--", *argv])
@@ -232,13 +268,6 @@ async def start_exec(spec: SandboxSpec, container_pid: int, argv: list[str],
             pass_fds=(ns_fd,), start_new_session=True)
     finally:
         os.close(ns_fd)
-
-
-def signal_pid(pid: int, signum: int) -> None:
-    """Send a signal to a host pid, ignoring processes that are already gone."""
-    if pid > 0:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
 
 
 def resolve_command(spec: SandboxSpec, command: str, path_env: str) -> Path | None:

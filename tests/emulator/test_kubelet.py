@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -509,6 +510,28 @@ def test_oom_kill_fault_kills_container_as_oom(cluster: EmulatedCluster, core: c
     pod = wait_phase(core, namespace, "victim", "Failed")
     terminated = status_of(pod).state.terminated
     assert (terminated.reason, terminated.exit_code) == ("OOMKilled", 137)
+
+
+def test_signals_reach_the_container_even_after_its_pid_is_reused(
+        cluster: EmulatedCluster, core: client.CoreV1Api, namespace: str) -> None:
+    """Kills go to the process the kubelet started, never to whoever holds its pid number."""
+    core.create_namespaced_pod(namespace, pod_body("reused"))
+    wait_running(core, namespace, "reused")
+    # The host hands an exited PID 1's number to the next process once pids wrap. Stand
+    # in for that process, and record its number as the container's.
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        kubelet = cluster._kubelet
+        assert kubelet is not None
+        container = kubelet.runs[(namespace, "reused")].containers["main"]
+        cluster.call(lambda: setattr(container, "pid", bystander.pid))
+        cluster.oom_kill(namespace, "reused", "main")
+        terminated = status_of(wait_phase(core, namespace, "reused", "Failed")).state.terminated
+        assert (terminated.reason, terminated.exit_code) == ("OOMKilled", 137)
+        assert bystander.poll() is None, "the process holding the old pid was signalled"
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 # Eviction
