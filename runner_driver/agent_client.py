@@ -265,10 +265,15 @@ class _Interrupted(BaseException):
 
 
 class _TermForwarder:
-    """Passes SIGTERM on to the agent's stage process, as if the runner had sent it there."""
+    """Passes SIGTERM on to the agent's stage process, as if the runner had sent it there.
+
+    The process is named by a pidfd, not its number: the agent reaps it, and the host
+    may give its pid to another process before a late SIGTERM is forwarded.
+    """
 
     def __init__(self) -> None:
         self.target = 0
+        self.pidfd = -1
         self.pending = False
         self.previous: object = None
 
@@ -278,6 +283,17 @@ class _TermForwarder:
     def uninstall(self) -> None:
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)  # type: ignore[arg-type]
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    def aim(self, pid: int) -> None:
+        """Forward to `pid`, a stage process still waiting for its go (so still `pid`)."""
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except OSError:
+            self.pidfd = -1  # a kernel before 5.3: the number is all there is
+        self.target = pid
 
     def _on_term(self, _signum: int, _frame: FrameType | None) -> None:
         self.pending = True
@@ -287,8 +303,11 @@ class _TermForwarder:
 
     def forward(self) -> None:
         if self.target and self.pending:
-            try:  # noqa: SIM105 - contextlib would cost the light path an import
-                os.kill(self.target, signal.SIGTERM)
+            try:
+                if self.pidfd >= 0:
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGTERM)
+                else:
+                    os.kill(self.target, signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
@@ -311,7 +330,7 @@ def _hand_over(conn: _socket.socket, request: Message, name: str,
         if not greeting or not pid:
             return None  # refused, or gone: the caller runs the stage itself
         # Forwarding from here on: the stage process holds SIGTERM until it can stop.
-        terminated.target = pid
+        terminated.aim(pid)
         # The stage is the agent's from this word on; it waits for it before it starts.
         conn.sendall(b"go\n")
     except (OSError, ValueError):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,24 @@ def test_messages_refuse_garbage_and_floods() -> None:
         reader = Messages(left)
         assert reader.next() == {"exit": "0"}
         assert reader.next() is None
+
+
+def test_sigterm_is_forwarded_to_the_stage_process_not_to_its_old_number() -> None:
+    """A forwarded SIGTERM reaches the process aimed at, never a later holder of its pid."""
+    stage = subprocess.Popen(["sleep", "30"])
+    bystander = subprocess.Popen(["sleep", "30"])
+    forwarder = agent_client._TermForwarder()
+    try:
+        forwarder.aim(stage.pid)
+        # As if the agent had reaped the stage process and the host reused its number.
+        forwarder.target = bystander.pid
+        forwarder.pending = True
+        forwarder.forward()
+        assert stage.wait(timeout=10) == -signal.SIGTERM
+        assert bystander.poll() is None
+    finally:
+        forwarder.uninstall()
+        for process in (stage, bystander):
+            process.kill()
+            process.wait()
+    assert forwarder.pidfd == -1
