@@ -32,6 +32,11 @@ helper=$(command -v gitlab-runner-helper || command -v gitlab-runner || true)
 LOG_DIR = "/runner-driver-logs"
 CONTROL_PREFIX = b"runner-driver-stage: "
 
+# `running PID`: whether a process runs. busybox `kill -0 ""` succeeds (it reads as pid
+# 0, our own process group), so only a number counts; and a zombie is not running.
+RUNNING = """running() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null \\
+  && ! grep -qs '^State:.Z' "/proc/$1/status"; }"""
+
 # `run`: start a stage script detached from the exec, then follow its output.
 # $1 is the script's size in bytes, sent on stdin ("-" when only following), $2 the
 # stage id, $3 the byte offset of the output already received, $4 the supervisor.
@@ -46,11 +51,15 @@ CONTROL_PREFIX = b"runner-driver-stage: "
 # Control lines go to stderr: started/attached, alive (a heartbeat every ~5 s, so
 # the driver can tell a silent script from a dead link), exit N, truncated (send
 # again), error TEXT. A stage whose script and supervisor are both gone without a
-# status (killed by the script itself, e.g. `kill -9 -1`) is reported after two
-# heartbeats. Script copies of launchers that died before unlinking them are removed
+# status (killed by the script itself, e.g. `kill -9 -1`, even before the supervisor
+# recorded the script's pid) is reported after two heartbeats. The launcher that
+# starts the stage records the supervisor's pid, so a supervisor still starting the
+# script counts as running. Script copies of launchers that died before unlinking them are removed
 # when the next stage starts.
 STAGE_LAUNCHER = f"""n=$1; id=$2; offset=$3
 run={RUN_DIR}; log={LOG_DIR}/$id.log; status=$run/$id.status; pidfile=$run/$id.pid
+sup=$run/$id.sup
+{RUNNING}
 mkdir -p "$run" {LOG_DIR} || exit 5
 if [ "$n" != - ]; then
   script=$run/$id.sh.$$
@@ -69,7 +78,7 @@ if [ "$n" != - ]; then
     for done in "$run"/*.status; do
       [ -e "$done" ] || continue
       old=${{done##*/}}; old=${{old%.status}}
-      [ "$old" = "$id" ] || rm -rf "$run/$old.claim" "$done" "{LOG_DIR}/$old.log"
+      [ "$old" = "$id" ] || rm -rf "$run/$old.claim" "$done" "$run/$old.sup" "{LOG_DIR}/$old.log"
     done
     : > "$log"
     exec 4< "$script"
@@ -85,6 +94,7 @@ if [ "$n" != - ]; then
     else
       sh -c "$4" runner-driver-supervise "$id" "$shell" </dev/null >>"$log" 2>&1 &
     fi
+    echo "$!" > "$sup"
     exec 4<&-
     echo "runner-driver-stage: started" >&2
   else
@@ -122,7 +132,8 @@ while :; do
   fi
   if [ $((ticks % 50)) -eq 0 ]; then
     echo "runner-driver-stage: alive" >&2
-    if [ -e "$status" ] || kill -0 "$(cat "$pidfile" 2>/dev/null)" 2>/dev/null; then
+    if [ -e "$status" ] || running "$(cat "$pidfile" 2>/dev/null)" \
+        || running "$(cat "$sup" 2>/dev/null)"; then
       quiet=0
     else
       quiet=$((quiet + 1))

@@ -3,9 +3,11 @@ and the launcher's control lines are read back by `StageControl`."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,7 @@ from runner_driver.inpod import (
     HELPER_ENTRYPOINT,
     LOG_DIR,
     RUN_DIR,
+    RUNNING,
     STAGE_LAUNCHER,
     STAGE_STOPPER,
     STAGE_SUPERVISOR,
@@ -22,6 +25,7 @@ from runner_driver.inpod import (
     launcher_argv,
     stopper_argv,
 )
+from tests.conftest import wait_for
 
 PROGRAMS = [
     pytest.param(STAGE_LAUNCHER, id="stage-launcher"),
@@ -159,6 +163,36 @@ def test_supervisor_parses_as_the_launcher_passes_it(shell_name: str) -> None:
     result = parse(shell_name, STAGE_SUPERVISOR, "runner-driver-supervise", "stage-1",
                    "/bin/sh")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_running_counts_only_live_processes(shell_name: str, tmp_path: Path) -> None:
+    """`running` is false for an empty pid (busybox kill -0 "" succeeds), a gone one, a zombie."""
+    path = os.environ.get("PATH", "/usr/bin:/bin")
+    if shell_name == "busybox":  # busybox's own grep, as in the kaniko image
+        (tmp_path / "grep").symlink_to(shell("busybox")[0])
+        path = str(tmp_path)
+    live = subprocess.Popen(["sleep", "30"])
+    zombie = subprocess.Popen(["true"])
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    try:
+        wait_for(lambda: Path(f"/proc/{zombie.pid}/status").read_text().count("zombie"),
+                 timeout=10, what="the child to become a zombie")
+
+        def running(pid: str) -> int:
+            return subprocess.run([*shell(shell_name), "-c", f'{RUNNING}\nrunning "$1"',
+                                   "running-test", pid], env={"PATH": path},
+                                  timeout=10, check=False).returncode
+
+        assert running(str(live.pid)) == 0
+        assert running("") != 0
+        assert running(str(gone.pid)) != 0
+        assert running(str(zombie.pid)) != 0
+    finally:
+        live.kill()
+        live.wait()
+        zombie.wait()
 
 
 @pytest.mark.parametrize("shell_name", ["busybox", "dash"])

@@ -216,6 +216,23 @@ def test_a_script_that_kills_its_supervisor_is_reported_not_awaited(
     assert call.seconds < 20, diagnostics
 
 
+def test_a_supervisor_killed_before_it_records_the_script_is_reported(
+        kubeconfig: Path, tmp_path: Path) -> None:
+    """No pid file and no status: the stage is reported lost, not followed for ever."""
+    # The state a script leaves when it kills its supervisor before the supervisor has
+    # recorded the script's pid (a race the faster stages made likely under load).
+    runner = make_runner(kubeconfig, tmp_path, stage_timeout_seconds=30)
+    body = "kill -KILL $PPID\nsleep 0.5\nrm -f /runner-driver/run/*.pid\necho orphaned\n"
+    with runner.session(Job(job_id=next_job_id())) as session:
+        with pytest.raises(StageFailed) as failed:
+            session.run_body("build_script", body)
+        call = session.calls[-1]
+    diagnostics = call.stderr.decode(errors="replace")
+    assert failed.value.kind == "system", diagnostics
+    assert "is not running and left no exit status" in diagnostics
+    assert call.seconds < 20, diagnostics
+
+
 def test_a_closed_job_log_pipe_is_a_system_failure_without_reconnects(
         runner: Any, kubeconfig: Path, tmp_path: Path) -> None:
     """When our own stdout breaks, run stops with OutputError instead of resuming the exec."""
