@@ -54,8 +54,8 @@ RUNNING = """running() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null \\
 # status (killed by the script itself, e.g. `kill -9 -1`, even before the supervisor
 # recorded the script's pid) is reported after two heartbeats. The launcher that
 # starts the stage records the supervisor's pid, so a supervisor still starting the
-# script counts as running. Script copies of launchers that died before unlinking them are removed
-# when the next stage starts.
+# script counts as running. Script copies of launchers that died before unlinking
+# them are removed when the next stage starts.
 STAGE_LAUNCHER = f"""n=$1; id=$2; offset=$3
 run={RUN_DIR}; log={LOG_DIR}/$id.log; status=$run/$id.status; pidfile=$run/$id.pid
 sup=$run/$id.sup
@@ -73,7 +73,7 @@ if [ "$n" != - ]; then
   if mkdir "$run/$id.claim" 2>/dev/null; then
     for copy in "$run"/*.sh.*; do
       [ -e "$copy" ] && [ "$copy" != "$script" ] || continue
-      kill -0 "${{copy##*.}}" 2>/dev/null || rm -f "$copy"
+      running "${{copy##*.}}" || rm -f "$copy"
     done
     for done in "$run"/*.status; do
       [ -e "$done" ] || continue
