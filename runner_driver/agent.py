@@ -11,7 +11,9 @@ It must not hold the runner's stdout or stderr: gitlab-runner waits for EOF on b
 so a daemon holding them would hang the stage that started it. It detaches into its
 own session with /dev/null as stdio before `start` returns, and a stage writes only to
 pipes its client passed. It serves processes of its own user only, through a socket
-in the job's private temporary directory. It ends after `cleanup`, when its socket
+in the job's private temporary directory, and only requests that carry its job's
+nonce (the one `config` minted), so no other job's stage is ever served here, even
+by mistake. It ends after `cleanup`, when its socket
 disappears, or after `idle_timeout` with no stage; every stage works without it.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hmac
 import os
 import resource
 import select
@@ -49,7 +52,7 @@ STAGES = ("prepare", "run", "cleanup")
 TICK_SECONDS = 0.5
 
 
-def start(path: str, execute: Execute, idle_timeout: float,
+def start(path: str, execute: Execute, idle_timeout: float, nonce: str,
           warm_up: Callable[[], None] = lambda: None) -> bool:
     """Leave an agent serving the job at `path`; False when one already answers there.
 
@@ -60,6 +63,8 @@ def start(path: str, execute: Execute, idle_timeout: float,
     Raises:
         OSError: the socket could not be created (the stages then run in-process).
     """
+    if not nonce:
+        raise OSError("an agent needs its job's nonce")
     listener = _listen(path)
     if listener is None:
         return False
@@ -76,7 +81,7 @@ def start(path: str, execute: Execute, idle_timeout: float,
         os.setsid()  # out of the runner's process group: its kill is for the stage
         if os.fork() == 0:
             _detach(listener.fileno())
-            _Agent(listener, path, execute, idle_timeout).serve()
+            _Agent(listener, path, execute, idle_timeout, nonce).serve()
     finally:
         os._exit(0)
 
@@ -119,7 +124,8 @@ def _detach(keep: int) -> None:
 
 class _Agent:
     def __init__(self, listener: socket.socket, path: str, execute: Execute,
-                 idle_timeout: float) -> None:
+                 idle_timeout: float, nonce: str) -> None:
+        self.nonce = nonce.encode()
         self.listener = listener
         self.path = path
         self.inode = os.stat(path).st_ino
@@ -182,6 +188,9 @@ class _Agent:
                 return
             data, fds = _receive(conn)
             request = _request(conn, data)
+            if not hmac.compare_digest(request.get("nonce", "").encode(), self.nonce):
+                send(conn, {"refused": "this agent serves another job"})
+                return
             if request.get("op") == "stats":
                 send(conn, self._stats())
                 return

@@ -13,6 +13,9 @@ This is the light path: it must import only the standard library, and only its c
 C parts. `json`, `socket`, `argparse`, `typing`, `contextlib` and the like each pull in
 `re` or `enum` and cost a stage milliseconds of CPU, a dozen times per job; a test
 pins that. Hence the raw `_socket` and a plain message format (`encode`).
+The two ends check each other: this client talks only to an agent running as our own
+user (its SO_PEERCRED, checked before anything is sent), and sends the job's nonce,
+which the agent compares with the one its job's `config` minted.
 It must never make a stage fail that would succeed in-process: with no agent, or one
 that refuses, the caller runs the stage itself; when the agent is lost mid-stage,
 `run` resumes in-process from the last byte copied, and the stage is not started twice.
@@ -29,6 +32,8 @@ import signal
 import stat
 import sys
 import zlib
+
+from . import jobrecord
 
 # Typing names only: importing `typing` costs this path more than the rest together.
 TYPE_CHECKING = False
@@ -50,6 +55,7 @@ CHUNK = 1 << 20
 # stage process reads its exit codes from these, not from the agent's environment.
 STAGE_VARIABLES = ("BUILD_FAILURE_EXIT_CODE", "SYSTEM_FAILURE_EXIT_CODE",
                    "BUILD_EXIT_CODE_FILE")
+_UCRED_SIZE = 12  # struct ucred: pid, uid, gid (C ints)
 
 
 class Handoff:
@@ -71,22 +77,24 @@ def config_spec(cli_path: os.PathLike[str] | str | None, environ: Mapping[str, s
     return str(cli_path) if cli_path else environ.get("RUNNER_DRIVER_CONFIG", "")
 
 
-def socket_path(environ: Mapping[str, str], spec: str) -> str | None:
-    """The job's agent socket, from the job's identity; None when the job has none.
+def job_nonce(environ: Mapping[str, str]) -> str:
+    """The job's nonce, exactly as `JobContext` finds it (`jobrecord.job_nonce`)."""
+    return jobrecord.job_nonce(environ.get(jobrecord.NONCE_KEY, ""), environ.get("TMPDIR", ""))
+
+
+def socket_path(environ: Mapping[str, str], spec: str, nonce: str) -> str | None:
+    """The job's agent socket; None when the job has no temporary directory or nonce.
 
     It lives in the job's temporary directory ($TMPDIR), which gitlab-runner creates
-    per job with mode 0700 and removes after cleanup. The name also covers the
-    settings file and kubeconfig, so stages told a different cluster never share it.
+    per job with mode 0700 and removes after cleanup. Nothing in the name comes from a
+    job variable: the checksum covers the job's nonce, the settings file and the
+    kubeconfig, so stages of another prepare attempt, or told a different cluster,
+    never share an agent.
     """
     tmp = environ.get("TMPDIR", "")
-    job = environ.get("CUSTOM_ENV_CI_JOB_ID", "")
-    if not tmp or not job or not os.path.isabs(tmp):
+    if not tmp or not nonce or not os.path.isabs(tmp):
         return None
-    # The directory is the job's already; the checksum only keeps stages that were
-    # told another job, settings file or cluster apart.
-    identity = "\0".join([job, environ.get("CUSTOM_ENV_CI_PROJECT_ID", ""),
-                          environ.get("CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN", ""), spec,
-                          environ.get("KUBECONFIG", "")])
+    identity = "\0".join([nonce, spec, environ.get("KUBECONFIG", "")])
     checksum = zlib.crc32(identity.encode(errors="surrogateescape"))
     return os.path.join(tmp, f"{SOCKET_PREFIX}{checksum:08x}.sock")
 
@@ -123,10 +131,20 @@ def connect(path: str) -> _socket.socket | None:
     conn.settimeout(GREETING_TIMEOUT_SECONDS)
     try:
         reach(path, conn.connect)
+        # Nothing goes to a listener of another user, whatever sits at that path.
+        if peer_uid(conn) != os.getuid():
+            conn.close()
+            return None
     except OSError:
         conn.close()
         return None
     return conn
+
+
+def peer_uid(conn: _socket.socket) -> int:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED_SIZE)
+    return int.from_bytes(creds[4:8], sys.byteorder)
 
 
 def reach(path: str, use: Callable[[str], object]) -> None:
@@ -216,12 +234,13 @@ def number(message: Mapping[str, str], key: str) -> int | None:
 def stats_for(environ: Mapping[str, str],
               config: os.PathLike[str] | str | None) -> dict[str, float] | None:
     """The job's agent's resource use (pid, cpu_seconds, ...), or None without an agent."""
-    path = socket_path(environ, config_spec(config, environ))
+    nonce = job_nonce(environ)
+    path = socket_path(environ, config_spec(config, environ), nonce)
     conn = connect(path) if path else None
     if conn is None:
         return None
     try:
-        send(conn, {"op": "stats"})
+        send(conn, {"op": "stats", "nonce": nonce})
         reply = Messages(conn).next()
         return {k: int(v) if v.isdigit() else float(v) for k, v in reply.items()} \
             if reply else None
@@ -237,11 +256,12 @@ def hand_over(stage: str, arguments: Mapping[str, str], environ: Mapping[str, st
 
     Our stdout and stderr receive the stage's, byte for byte.
     """
-    path = socket_path(environ, spec)
+    nonce = job_nonce(environ)
+    path = socket_path(environ, spec, nonce)
     conn = connect(path) if path else None
     if conn is None:
         return None
-    request = {"op": "stage", "stage": stage}
+    request = {"op": "stage", "stage": stage, "nonce": nonce}
     request |= {f"arg.{k}": v for k, v in arguments.items()}
     request |= {f"env.{k}": environ[k] for k in STAGE_VARIABLES if k in environ}
     name = arguments.get("stage") or stage

@@ -79,15 +79,19 @@ def _parser() -> argparse.ArgumentParser:
                         description=f"cleanup_exec stage ({DOCS}#cleanup).")
     gc = commands.add_parser(
         "gc", help="delete job pods and secrets whose job is over (for a CronJob)",
-        description="Find the pods and secrets runner-driver labelled in its namespace and "
-                    "delete those whose job is certainly over: the pod finished, or it runs "
-                    "past its active deadline (job timeout plus margin). A pod inside its "
-                    "deadline is never touched. Prints what it did.")
+        description="Find the pods and secrets this runner manager's driver labelled in its "
+                    "namespace and delete those whose job is certainly over: the pod "
+                    "finished, or it runs past its active deadline (job timeout plus "
+                    "margin). A pod inside its deadline is never touched. Prints what it "
+                    "did.")
     gc.add_argument("--older-than", default="0s", metavar="DURATION",
                     help="keep anything younger than this, finished or not (e.g. 30m to "
                          "keep failed pods around for inspection; default 0s)")
     gc.add_argument("--dry-run", action="store_true",
                     help="only print what would be deleted")
+    gc.add_argument("--all-managers", action="store_true",
+                    help="also collect objects of other runner managers sharing the "
+                         "namespace (default: only this manager's, by [manager] id)")
     local = commands.add_parser(
         "local-cluster", help="serve an emulated Kubernetes cluster on 127.0.0.1",
         description="Serve the embedded emulated cluster in the foreground and write a "
@@ -238,7 +242,8 @@ def _wire(config_path: str | None) -> Wiring:
     from . import kube, settings
     from .runner_env import JobContext
 
-    loaded = settings.load_from(Path(config_path) if config_path else None)
+    loaded = settings.resolve_manager(
+        settings.load_from(Path(config_path) if config_path else None))
     job = JobContext.from_env()
     return Wiring(loaded, job, kube.connect(loaded.kubernetes, loaded.source))
 
@@ -254,18 +259,20 @@ def _dispatch(stage: str, arguments: Mapping[str, Any], wire: Callable[[], Wirin
     from .podspec import pod_name
     from .prepare import prepare
     from .run import run
+    from .runner_env import NONCE_KEY
 
     wiring = wire()
     loaded, job = wiring.settings, wiring.job
     logs.configure(loaded.logging.level, loaded.logging.format, job.secrets,
                    redactor=redactor)
-    name = pod_name(job)
+    name = pod_name(loaded, job)
     # For `run`, the runner's stage name (get_sources, build_script, ...) says more.
     logs.bind(stage=str(arguments.get("stage") or stage), job_id=job.job_id, pod=name)
     if stage == "config":
-        sys.stdout.write(json.dumps(config(loaded, job, wiring.connection.namespace)) + "\n")
+        output = config(loaded, job, wiring.connection.namespace)
+        sys.stdout.write(json.dumps(output) + "\n")
         sys.stdout.flush()
-        _leave_agent(wiring, agent_spec)
+        _leave_agent(wiring, agent_spec, output["job_env"][NONCE_KEY])
         return 0
     namespace = job.namespace_from_config or wiring.connection.namespace
     cluster = kube.Cluster(kube.Connection(wiring.connection.configuration, namespace,
@@ -273,34 +280,39 @@ def _dispatch(stage: str, arguments: Mapping[str, Any], wire: Callable[[], Wirin
                            loaded.kubernetes.request_timeout_seconds,
                            loaded.kubernetes.retry_timeout_seconds)
     if stage == "prepare":
-        prepare(loaded, job, cluster, sys.stdout)
-        _leave_agent(wiring, agent_spec)
+        record = prepare(loaded, job, cluster, sys.stdout)
+        _leave_agent(wiring, agent_spec, record.nonce)
     elif stage == "run":
-        run(cluster, name, Path(arguments["script"]), arguments["stage"],
+        run(cluster, name, Path(arguments["script"]), arguments["stage"], job.nonce,
             stage_id=str(arguments.get("stage_id") or ""),
             offset=int(arguments.get("offset") or 0))
     else:
-        cleanup(cluster, name)
+        cleanup(cluster, job)
     return 0
 
 
-def _leave_agent(wiring: Wiring, agent_spec: str | None) -> None:
+def _leave_agent(wiring: Wiring, agent_spec: str | None, nonce: str) -> None:
     """Fork the job's agent, so later stages start warm (see `agent`)."""
     from . import agent, kube, logs
 
     if agent_spec is None or not wiring.settings.agent.enabled:
         return
-    path = agent_client.socket_path(os.environ, agent_spec)
+    path = agent_client.socket_path(os.environ, agent_spec, nonce)
     if path is None:
-        logs.get().info("no agent for this job: TMPDIR (absolute) or CUSTOM_ENV_CI_JOB_ID "
-                        "is not set")
+        logs.get().info("no agent for this job: TMPDIR is not set (or not absolute)")
         return
 
+    from dataclasses import replace
+
+    # The agent serves the stages after the one that started it: they know the nonce
+    # that stage minted (config) or recorded (prepare), which its own job value lacks.
+    served = Wiring(wiring.settings, replace(wiring.job, nonce=nonce), wiring.connection)
+
     def serve(stage: str, arguments: dict[str, Any], codes: ExitCodes) -> int:
-        return execute(stage, arguments, codes, lambda: wiring, None)
+        return execute(stage, arguments, codes, lambda: served, None)
 
     try:
-        agent.start(path, serve, wiring.settings.agent.idle_timeout_seconds,
+        agent.start(path, serve, wiring.settings.agent.idle_timeout_seconds, nonce,
                     lambda: kube.warm_up(wiring.connection))
     except OSError as error:
         logs.get().info("could not start the job's agent; later stages load the Kubernetes "
@@ -314,17 +326,20 @@ def _gc(args: argparse.Namespace) -> int:
 
     from . import kube, logs, settings
     from .gc import collect, parse_duration
+    from .podspec import MANAGED_SELECTOR, manager_selector
 
     redactor = logs.configure()
     try:
         older_than = parse_duration(args.older_than)
-        loaded = settings.load_from(Path(args.config) if args.config else None)
+        loaded = settings.resolve_manager(
+            settings.load_from(Path(args.config) if args.config else None))
         logs.configure(loaded.logging.level, loaded.logging.format, (), redactor=redactor)
         logs.bind(stage="gc")
         connection = kube.connect(loaded.kubernetes, loaded.source)
         cluster = kube.Cluster(connection, loaded.kubernetes.request_timeout_seconds,
                                loaded.kubernetes.retry_timeout_seconds)
-        failures = collect(cluster, datetime.now(UTC), older_than, args.dry_run,
+        selector = MANAGED_SELECTOR if args.all_managers else manager_selector(loaded)
+        failures = collect(cluster, selector, datetime.now(UTC), older_than, args.dry_run,
                            lambda line: print(line, flush=True))
     except DriverError as error:
         _fail("gc", str(error))

@@ -23,10 +23,13 @@ class ClusterError(DriverError):
 
     def __init__(self, message: str, *, status: int | None = None,
                  reason: str | None = None, transient: bool = False,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, unsent: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        # The request certainly never reached a server (no connection could be made),
+        # so it changed nothing there: a create that failed so left no object behind.
+        self.unsent = unsent
         # Worth trying again: the connection failed, the server was overloaded or
         # restarting, or it said so (429 with Retry-After seconds).
         self.transient = transient

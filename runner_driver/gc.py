@@ -7,9 +7,11 @@ may never even be marked failed. `gc` finds what the driver labelled and removes
 once the job is certainly over: the pod finished (Succeeded or Failed, which includes
 passing its deadline), or it has been running for longer than its deadline (so no
 kubelet is enforcing it). It is meant to run from a CronJob while jobs are running,
-so it must never touch a live job's pod: a pod inside its deadline is always kept,
-whatever `--older-than` says, which only keeps objects longer. Deciding is pure
-(`verdicts`); only `collect` talks to the API.
+so it must never touch a live job's pod, nor another runner manager's: by default it
+lists only objects labelled with this manager's id (`[manager] id`, never a job
+variable), and `--all-managers` is for an operator who means it. A pod inside its
+deadline is always kept, whatever `--older-than` says, which only keeps objects
+longer. Deciding is pure (`verdicts`); only `collect` talks to the API.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from typing import Any
 
 from .errors import ClusterError, ConfigError
 from .kube import Cluster
-from .podspec import MANAGED_SELECTOR
 
 # Clocks of the runner host and the API server may differ a little.
 CLOCK_SLACK_SECONDS = 60
@@ -136,13 +137,14 @@ def verdicts(pods: list[dict[str, Any]], secrets: list[dict[str, Any]], now: dat
     return found
 
 
-def collect(cluster: Cluster, now: datetime, older_than: float, dry_run: bool,
-            say: Callable[[str], None]) -> int:
-    """Remove (or with `dry_run` only list) what `verdicts` finds; the number of failures."""
+def collect(cluster: Cluster, selector: str, now: datetime, older_than: float,
+            dry_run: bool, say: Callable[[str], None]) -> int:
+    """Remove (or with `dry_run` only list) what `verdicts` finds among the objects
+    `selector` matches (see `podspec.manager_selector`); the number of failures."""
     # Secrets first: a job's secret is created after its pod, so every secret listed
     # here has its pod in the pod list unless that pod is really gone.
-    secrets = cluster.list_secrets(MANAGED_SELECTOR)
-    pods = cluster.list_pods(MANAGED_SELECTOR)
+    secrets = cluster.list_secrets(selector)
+    pods = cluster.list_pods(selector)
     found = verdicts(pods, secrets, now, older_than)
     failures = 0
     for verdict in found:
@@ -167,5 +169,5 @@ def collect(cluster: Cluster, now: datetime, older_than: float, dry_run: bool,
             say(f"deleted {where}: {verdict.reason}")
     kept = len(pods) + len(secrets) - len(found)
     say(f"gc: {len(found)} to delete{' (dry run)' if dry_run else ''}, {kept} kept "
-        f"(namespace {cluster.namespace})")
+        f"(namespace {cluster.namespace}, {selector})")
     return failures

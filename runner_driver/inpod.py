@@ -37,9 +37,18 @@ CONTROL_PREFIX = b"runner-driver-stage: "
 RUNNING = """running() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null \\
   && ! grep -qs '^State:.Z' "/proc/$1/status"; }"""
 
+# `ours NONCE`: whether this pod is the job's own. The pod's env carries the nonce of
+# the job that created it (from its label, by the downward API), and the driver passes
+# the nonce its job's `config` minted: a pod of another job, or one that replaced ours
+# under the same name, does not match, and no stage runs there.
+OURS = """ours() { [ -n "$1" ] && [ "${RUNNER_DRIVER_NONCE:-}" = "$1" ]; }"""
+NOT_OURS = ("this pod belongs to another job: its nonce does not match the one minted "
+            "for this job")
+
 # `run`: start a stage script detached from the exec, then follow its output.
 # $1 is the script's size in bytes, sent on stdin ("-" when only following), $2 the
-# stage id, $3 the byte offset of the output already received, $4 the supervisor.
+# stage id, $3 the byte offset of the output already received, $4 the supervisor, $5
+# the job's nonce.
 # The script is read in full (stdin is never closed: v4 exec cannot) and kept only in
 # an unlinked file on the memory volume. `mkdir` of the claim directory is atomic, so
 # a stage starts at most once however often the driver reconnects. The supervisor runs
@@ -60,6 +69,8 @@ STAGE_LAUNCHER = f"""n=$1; id=$2; offset=$3
 run={RUN_DIR}; log={LOG_DIR}/$id.log; status=$run/$id.status; pidfile=$run/$id.pid
 sup=$run/$id.sup
 {RUNNING}
+{OURS}
+if ! ours "$5"; then echo "runner-driver-stage: error {NOT_OURS}" >&2; exit 3; fi
 mkdir -p "$run" {LOG_DIR} || exit 5
 if [ "$n" != - ]; then
   script=$run/$id.sh.$$
@@ -163,8 +174,11 @@ rm -f "$pidfile"
 
 # Stop a stage started by STAGE_LAUNCHER: TERM to its process group (the generated
 # script traps it and exits 1), KILL after $2 tenths of a second. A stage that is
-# just starting gets a second to record its pid.
+# just starting gets a second to record its pid. $3 is the job's nonce: nothing is
+# signalled in a pod that is not the job's own.
 STAGE_STOPPER = f"""pidfile={RUN_DIR}/$1.pid
+{OURS}
+if ! ours "$3"; then echo "runner-driver-stop: {NOT_OURS}" >&2; exit 3; fi
 i=0
 while [ ! -s "$pidfile" ] && [ "$i" -lt 10 ]; do sleep 0.1; i=$((i + 1)); done
 [ -s "$pidfile" ] || exit 0
@@ -177,20 +191,23 @@ exit 0
 """
 
 
-def launcher_argv(script_size: int | None, stage_id: str, offset: int = 0) -> list[str]:
+def launcher_argv(script_size: int | None, stage_id: str, offset: int, nonce: str
+                  ) -> list[str]:
     """Exec argv that starts (once) and follows the stage `stage_id` from byte `offset`.
 
     `script_size` is the size of the script sent on stdin; None only follows a stage
-    an earlier connection started.
+    an earlier connection started. The launcher refuses a pod whose nonce is not
+    `nonce`. (The nonce is no secret: it is on the pod's label.)
     """
     size = "-" if script_size is None else str(script_size)
     return ["sh", "-c", STAGE_LAUNCHER, "runner-driver-stage", size, stage_id, str(offset),
-            STAGE_SUPERVISOR]
+            STAGE_SUPERVISOR, nonce]
 
 
-def stopper_argv(stage_id: str, grace_tenths: int = 20) -> list[str]:
+def stopper_argv(stage_id: str, nonce: str, grace_tenths: int = 20) -> list[str]:
     """Exec argv that stops the stage `stage_id` (TERM, then KILL after the grace)."""
-    return ["sh", "-c", STAGE_STOPPER, "runner-driver-stop", stage_id, str(grace_tenths)]
+    return ["sh", "-c", STAGE_STOPPER, "runner-driver-stop", stage_id, str(grace_tenths),
+            nonce]
 
 
 class StageControl:

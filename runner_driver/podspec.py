@@ -16,14 +16,24 @@ import re
 from typing import Any
 
 from . import __version__
-from .errors import JobFailed
+from .errors import ConfigError, JobFailed
 from .inpod import BIN_DIR, BUILD_ENTRYPOINT, DRIVER_DIR, HELPER_ENTRYPOINT, LOG_DIR
+from .jobrecord import valid_nonce
 from .runner_env import JobContext
 from .settings import ContainerResources, Settings
 
 MANAGED_BY = "runner-driver"
 LABEL_PREFIX = "runner-driver"
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+JOB_LABEL = f"{LABEL_PREFIX}/job-id"
+PROJECT_LABEL = f"{LABEL_PREFIX}/project-id"
+MANAGER_LABEL = f"{LABEL_PREFIX}/manager"
+# The job's nonce, minted by `config`: the stages act on a pod only when it matches.
+NONCE_LABEL = f"{LABEL_PREFIX}/nonce"
+# Both containers see the nonce (from the label, by the downward API): the in-pod
+# launcher refuses to run a stage whose driver expects another one.
+NONCE_ENV = {"name": "RUNNER_DRIVER_NONCE",
+             "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{NONCE_LABEL}']"}}}
 HELPER = "helper"
 BUILD = "build"
 # The PATH of the official helper image, with the directory holding `gitlab-runner`
@@ -33,44 +43,79 @@ _NAME_MAX = 63  # a pod's hostname is its name, and hostnames are DNS labels
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 
 
-def pod_name(job: JobContext) -> str:
-    """The job's pod name: the same in every stage, unique per runner, project and job.
+def manager_label(settings: Settings) -> str:
+    """This runner manager's id as a label value (see `[manager] id`)."""
+    return _label_value(settings.manager.id) if settings.manager.id else ""
 
-    Readable when possible (`runner-<token>-project-<id>-job-<id>`); when the token has
-    characters a DNS label cannot hold, or the name is too long, a short hash of the
-    exact identity keeps it unique.
+
+def manager_selector(settings: Settings) -> str:
+    """The label selector for every object this runner manager's driver created."""
+    return f"{MANAGED_SELECTOR},{MANAGER_LABEL}={manager_label(settings)}"
+
+
+def pod_name(settings: Settings, job: JobContext) -> str:
+    """The job's pod name: the same in every stage, unique per manager, project and job.
+
+    Made only of what no job can forge: the payload's project and job ids and a short
+    hash of the manager's id (`runner-<hash>-project-<id>-job-<id>`); a name over 63
+    characters is shortened with a hash of the whole identity.
     """
     if job.pod_name_from_config:
         return job.pod_name_from_config
-    token = job.runner_short_token
-    readable = (f"runner-{token}-project-{job.project_id}-job-{job.job_id}" if token
-                else f"runner-project-{job.project_id}-job-{job.job_id}")
-    clean = re.sub(r"[^a-z0-9-]+", "-", readable.lower()).strip("-")
-    if clean == readable and len(clean) <= _NAME_MAX:
-        return clean
-    digest = hashlib.sha256(f"{token}/{job.project_id}/{job.job_id}".encode()).hexdigest()[:10]
-    return f"{clean[:_NAME_MAX - len(digest) - 1].rstrip('-')}-{digest}"
+    manager = hashlib.sha256(settings.manager.id.encode()).hexdigest()[:8]
+    readable = f"runner-{manager}-project-{job.project_id}-job-{job.job_id}"
+    if len(readable) <= _NAME_MAX:
+        return readable
+    digest = hashlib.sha256(readable.encode()).hexdigest()[:10]
+    return f"{readable[:_NAME_MAX - len(digest) - 1].rstrip('-')}-{digest}"
 
 
-def labels(job: JobContext) -> dict[str, str]:
-    """Labels that let `cleanup`, `gc` and operators find the job's objects."""
+def labels(settings: Settings, job: JobContext) -> dict[str, str]:
+    """Labels that let `cleanup`, `gc` and operators find the job's objects.
+
+    Only values no job can forge: the payload's ids, the manager's id and the job's
+    nonce. What the job's variables claim goes into `annotations`.
+    """
     found = {
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "app.kubernetes.io/component": "ci-job",
-        f"{LABEL_PREFIX}/job-id": job.job_id,
-        f"{LABEL_PREFIX}/project-id": job.project_id,
-        f"{LABEL_PREFIX}/pipeline-id": job.pipeline_id,
-        f"{LABEL_PREFIX}/runner-id": job.runner_id,
-        f"{LABEL_PREFIX}/runner-token": job.runner_short_token,
+        JOB_LABEL: job.job_id,
+        PROJECT_LABEL: job.project_id,
+        MANAGER_LABEL: manager_label(settings),
+        NONCE_LABEL: job.nonce,
     }
     return {key: _label_value(value) for key, value in found.items() if value}
+
+
+def pod_annotations(job: JobContext) -> dict[str, str]:
+    """What the job's variables claim (pipeline, runner, project path): for people only."""
+    found = {
+        f"{LABEL_PREFIX}/version": __version__,
+        f"{LABEL_PREFIX}/claimed-project-path": job.project_path,
+        f"{LABEL_PREFIX}/claimed-pipeline-id": job.pipeline_id,
+        f"{LABEL_PREFIX}/claimed-runner-id": job.runner_id,
+    }
+    return {key: value for key, value in found.items() if value}
+
+
+def leftover_of(pod: dict[str, Any], settings: Settings, job: JobContext) -> bool:
+    """Whether `pod` is this job's own, left by an earlier prepare attempt.
+
+    Its labels must name this job and project (from the payload) and this manager; a
+    pod of any other job, or of another manager, is never taken for a leftover.
+    """
+    found = (pod.get("metadata") or {}).get("labels") or {}
+    expected = labels(settings, job)
+    return (found.get("app.kubernetes.io/managed-by") == MANAGED_BY
+            and all(found.get(key) == expected.get(key)
+                    for key in (JOB_LABEL, PROJECT_LABEL, MANAGER_LABEL))
+            and bool(expected.get(MANAGER_LABEL)))
 
 
 def _label_value(value: str) -> str:
     """`value` if it is a valid label value, else a valid one unique to it.
 
-    Runner short tokens may start or end with `-`, `_` or `.` (and the driver accepts
-    up to 64 characters), which the API server refuses in a label value.
+    A host name used as the manager's id may be longer than a label value can be.
     """
     if len(value) <= _NAME_MAX and _LABEL_VALUE.fullmatch(value):
         return value
@@ -127,8 +172,14 @@ def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
     """The manifest of the job's pod.
 
     Raises:
+        ConfigError: the job has no well-formed nonce.
         JobFailed: see `build_image`.
     """
+    if not valid_nonce(job.nonce):
+        # Without it the pod could not tell its own stages from another job's; a
+        # malformed one would be rewritten as a label value and match no stage.
+        raise ConfigError("building the job's pod: the job has no well-formed nonce "
+                          "(prepare mints one when config did not)")
     pod = settings.pod
     image = build_image(settings, job)
     security = {
@@ -148,7 +199,8 @@ def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
         "image": settings.helper.image,
         "command": list(HELPER_ENTRYPOINT),
         "env": [{"name": "PATH", "value": HELPER_PATH},
-                {"name": "TMPDIR", "value": pod.scratch_dir}],
+                {"name": "TMPDIR", "value": pod.scratch_dir},
+                copy.deepcopy(NONCE_ENV)],
         "resources": resources(settings.helper),
         "securityContext": copy.deepcopy(security),
         "volumeMounts": copy.deepcopy(mounts),
@@ -160,7 +212,8 @@ def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
         # kaniko refuses to run unless it detects a container; without a service
         # account token mounted, this variable is what it finds.
         "env": [{"name": "container", "value": "kube"},
-                {"name": "TMPDIR", "value": pod.scratch_dir}],
+                {"name": "TMPDIR", "value": pod.scratch_dir},
+                copy.deepcopy(NONCE_ENV)],
         "resources": resources(settings.build),
         "securityContext": copy.deepcopy(security),
         "volumeMounts": copy.deepcopy(mounts),
@@ -169,11 +222,9 @@ def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(job),
-            "labels": labels(job),
-            "annotations": {f"{LABEL_PREFIX}/version": __version__,
-                            **({f"{LABEL_PREFIX}/project-path": job.project_path}
-                               if job.project_path else {})},
+            "name": pod_name(settings, job),
+            "labels": labels(settings, job),
+            "annotations": pod_annotations(job),
         },
         "spec": {
             "restartPolicy": "Never",

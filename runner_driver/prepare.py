@@ -3,45 +3,68 @@
 Whatever prepare prints lands in the job log, so it says in plain words what it is
 doing and, when the pod cannot start, why (the kubelet's or scheduler's message and
 the pod's events). It leaves nothing behind on failure: a pod that was created is
-deleted again before the error goes up. It must not run job scripts.
+deleted again (that incarnation only, by its uid) before the error goes up. It never
+deletes or replaces a pod that is not this job's own, whatever name it has. When to
+give up on a pod that does not start is decided here (`wait_running`); `kube` only
+follows the pod. It must not run job scripts.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TextIO
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TextIO
 
-from . import logs
-from .errors import Canceled, ClusterError, PodStartError
+from . import jobrecord, logs
+from .errors import Canceled, ClusterError, ConfigError, PodStartError
+from .jobrecord import PodRecord
 from .kube import Cluster
-from .podspec import BUILD, HELPER, build_pod
-from .podstatus import PodState
-from .runner_env import JobContext
+from .podspec import BUILD, HELPER, JOB_LABEL, MANAGER_LABEL, build_pod, leftover_of
+from .podstatus import PodState, assess
+from .runner_env import JobContext, new_nonce
 from .settings import Settings
 
 PROGRESS_SECONDS = 1.0
 
 
-def prepare(settings: Settings, job: JobContext, cluster: Cluster, out: TextIO) -> None:
-    """Create the pod for `job` and wait until it runs.
+def prepare(settings: Settings, job: JobContext, cluster: Cluster, out: TextIO
+            ) -> PodRecord:
+    """Create the pod for `job` and wait until it runs; what was created.
+
+    The pod is recorded in the job's temporary directory before it is created and
+    again, with its uid, once the API server answers, so `cleanup` deletes exactly it.
+    Without a `config` stage (no nonce in job_env) the nonce is minted here.
 
     Raises:
         JobFailed: the job's image is not allowed (before anything is created).
-        PodStartError, ClusterError: the pod could not be started; it was deleted.
+        ConfigError: the job has no private temporary directory to record the pod in.
+        PodStartError, ClusterError: the pod could not be started; it was deleted. A
+            pod of the job's name that is not this job's is never replaced.
         Canceled: SIGTERM arrived; the pod was deleted.
     """
     log = logs.get()
+    if not job.tmpdir:
+        raise ConfigError("preparing the job: TMPDIR is not set to an absolute path; "
+                          "runner-driver stages must be started by gitlab-runner")
+    if not job.nonce:
+        job = replace(job, nonce=new_nonce())
     manifest = build_pod(settings, job)
     name = manifest["metadata"]["name"]
     images = {c["name"]: c["image"] for c in manifest["spec"]["containers"]}
     if job.services:
         _say(out, f"WARNING: this job declares services ({', '.join(job.services)}); "
                   "runner-driver starts no service containers, so they are not available.")
+    record = PodRecord(cluster.namespace, name, job.nonce)
+    _record(job, record)
     _say(out, f"Creating pod {cluster.namespace}/{name} (build image {images[BUILD]}, "
               f"helper image {images[HELPER]})")
     started = time.monotonic()
-    created = cluster.create_pod(manifest)
-    log.info("pod created", namespace=cluster.namespace)
+    created = _create(cluster, manifest, settings, job)
+    record = PodRecord(cluster.namespace, name, job.nonce,
+                       str(created["metadata"].get("uid") or ""))
+    _record(job, record)
+    log.info("pod created", namespace=cluster.namespace, uid=record.uid)
 
     shown = started - PROGRESS_SECONDS
 
@@ -54,17 +77,106 @@ def prepare(settings: Settings, job: JobContext, cluster: Cluster, out: TextIO) 
             _say(out, f"Waiting for pod {cluster.namespace}/{name}: {state.message}")
 
     try:
-        pod = cluster.wait_running(created, settings.pod.start_timeout_seconds, progress,
-                                   settings.pod.unschedulable_timeout_seconds)
+        pod = wait_running(cluster, created, settings.pod.start_timeout_seconds, progress,
+                           settings.pod.unschedulable_timeout_seconds)
     except (PodStartError, ClusterError, Canceled) as error:
         if isinstance(error, PodStartError):
             _say(out, f"ERROR: pod {cluster.namespace}/{name} cannot start: {error}")
-            _show_events(cluster, name, str(created["metadata"].get("uid") or ""), out)
-        _remove(cluster, name, out)
+            _show_events(cluster, name, record.uid, out)
+        _remove(cluster, job, record, out)
         raise
     node = (pod.get("spec") or {}).get("nodeName", "?")
     _say(out, f"Pod {cluster.namespace}/{name} is running on node {node} "
               f"({time.monotonic() - started:.1f}s)")
+    return record
+
+
+def _record(job: JobContext, record: PodRecord) -> None:
+    try:
+        jobrecord.write(job.tmpdir, record)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"recording pod {record.namespace}/{record.name} in the job's "
+                          f"temporary directory {job.tmpdir}: {error}") from error
+
+
+def wait_running(cluster: Cluster, created: dict[str, Any], timeout: float,
+                 progress: Callable[[PodState], None],
+                 unschedulable_timeout: float | None = None) -> dict[str, Any]:
+    """Wait on a watch until every container of the pod runs; the running pod.
+
+    Fails at once when the pod cannot start (see `podstatus.assess`), after
+    `unschedulable_timeout` seconds of the scheduler finding no node, and after
+    `timeout` seconds when it still has not started (slow pulls, a lost node).
+    `progress` gets the first state and every one whose message changed.
+
+    Raises:
+        PodStartError: naming the reason; ClusterError when the API fails.
+    """
+    name = created["metadata"]["name"]
+    started = time.monotonic()
+    pod: dict[str, Any] = created
+    last = assess(created)
+    progress(last)
+    while last.phase == "starting":
+        limit = timeout
+        if last.unschedulable and unschedulable_timeout is not None:
+            limit = min(timeout, unschedulable_timeout)
+        if time.monotonic() - started >= limit:
+            raise PodStartError(f"pod {cluster.namespace}/{name} did not start within "
+                                f"{limit:g}s: {last.message}")
+        for _kind, obj in cluster.pod_updates(pod, started + limit):
+            if obj is None:
+                raise PodStartError(f"pod {cluster.namespace}/{name} was deleted while "
+                                    "it was starting")
+            pod = obj
+            state = assess(pod)
+            if state.message != last.message:
+                progress(state)
+            changed = state.phase != last.phase or state.unschedulable != last.unschedulable
+            last = state
+            if changed:  # the time limit may be another one now
+                break
+    if last.phase == "failed":
+        raise PodStartError(last.message)
+    return pod
+
+
+def _create(cluster: Cluster, manifest: dict[str, Any], settings: Settings,
+            job: JobContext) -> dict[str, Any]:
+    """Create the pod; a leftover of this same job (an earlier attempt) is replaced.
+
+    A pod of the same name whose labels do not show it is this job's own (the payload's
+    job and project ids, this manager) is someone else's: it is left alone and the
+    attempt fails. A retried create whose first try reached the server meets its own
+    pod here too, which the labels show is this job's.
+    """
+    name = manifest["metadata"]["name"]
+    try:
+        return cluster.create_pod(manifest)
+    except ClusterError as error:
+        if error.unsent:
+            jobrecord.remove(job.tmpdir)  # nothing was created: cleanup has nothing to do
+        if error.status != 409:
+            raise
+    existing = cluster.read_pod(name)
+    if existing is not None:
+        if not leftover_of(existing, settings, job):
+            found = (existing.get("metadata") or {}).get("labels") or {}
+            owner = (f"job {found.get(JOB_LABEL)} of manager {found.get(MANAGER_LABEL)}"
+                     if found.get(JOB_LABEL) else "no runner-driver job")
+            raise ClusterError(
+                f"creating pod {cluster.namespace}/{name}: a pod of that name already exists "
+                f"and is not this job's (its labels name {owner}); refusing to replace it",
+                status=409)
+        uid = str(existing["metadata"].get("uid") or "")
+        logs.get().info("replacing a leftover pod of this job", uid=uid)
+        try:
+            cluster.delete_pod(name, grace_seconds=0, uid=uid)
+        except ClusterError as error:
+            if error.status != 409:  # 409: it went and another took the name meanwhile
+                raise
+        cluster.wait_gone(name, timeout=60)
+    return cluster.create_pod(manifest)
 
 
 def _say(out: TextIO, line: str) -> None:
@@ -90,11 +202,17 @@ def _show_events(cluster: Cluster, name: str, uid: str, out: TextIO) -> None:
                   f"{event.get('message', '')}{repeat}")
 
 
-def _remove(cluster: Cluster, name: str, out: TextIO) -> None:
+def _remove(cluster: Cluster, job: JobContext, record: PodRecord, out: TextIO) -> None:
+    """Delete the pod this attempt created (that incarnation only), and its record."""
+    where = f"{cluster.namespace}/{record.name}"
     try:
-        cluster.delete_pod(name, grace_seconds=0)
+        cluster.delete_pod(record.name, grace_seconds=0, uid=record.uid)
     except ClusterError as error:
-        _say(out, f"ERROR: could not delete pod {cluster.namespace}/{name} after the failed "
-                  f"start ({error}); cleanup will try again")
+        if error.status == 409:  # replaced by a pod that is not ours: not ours to delete
+            jobrecord.remove(job.tmpdir)
+            return
+        _say(out, f"ERROR: could not delete pod {where} after the failed start ({error}); "
+                  "cleanup will try again")
     else:
-        _say(out, f"Deleted pod {cluster.namespace}/{name}")
+        jobrecord.remove(job.tmpdir)
+        _say(out, f"Deleted pod {where}")

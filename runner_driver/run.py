@@ -24,7 +24,7 @@ from pathlib import Path
 from . import logs
 from .errors import Canceled, ClusterError, ConfigError, DriverError, JobFailed
 from .inpod import StageControl, launcher_argv, stopper_argv
-from .kube import Cluster, write_all
+from .kube import Cluster, RetryPolicy, write_all
 from .podspec import BUILD, HELPER
 from .podstatus import diagnose
 
@@ -38,6 +38,8 @@ STOP_TIMEOUT_SECONDS = 4.0
 # even if no error reached us. Heartbeats also count as progress when reconnecting.
 STALL_SECONDS = 20.0
 DEATH_SETTLE_SECONDS = 1.0
+# Reconnects start sooner than API retries: the job log stands still while we wait.
+RECONNECT = RetryPolicy(initial=0.1, maximum=5.0)
 _STAGE_ID = re.compile(r"[a-z0-9_]{0,40}-[0-9]+-[0-9a-f]{8}")
 
 
@@ -57,10 +59,13 @@ def new_stage_id(stage: str) -> str:
            f"{secrets.token_hex(4)}"
 
 
-def run(cluster: Cluster, pod: str, script_path: Path, stage: str,
+def run(cluster: Cluster, pod: str, script_path: Path, stage: str, nonce: str,
         out_fd: int = 1, stall_seconds: float = STALL_SECONDS, stage_id: str = "",
         offset: int = 0) -> None:
     """Run the stage's script in the pod, its output (stdout and stderr merged) to `out_fd`.
+
+    The pod must carry the job's `nonce` (the launcher checks it in the pod): a pod of
+    the same name that is not the job's own runs nothing.
 
     With the `stage_id` and `offset` of a run that an earlier process started, it
     resumes that run: the script starts at most once, and output goes on from `offset`.
@@ -84,13 +89,13 @@ def run(cluster: Cluster, pod: str, script_path: Path, stage: str,
     log.debug("running stage script", bytes=len(script))
     try:
         code = _follow(cluster, pod, container, stage_id, script, out_fd, stall_seconds,
-                       offset)
+                       offset, nonce)
     except (Canceled, OutputError):
         # Nobody reads the stage any more (a cancel, or the runner gone): stop it, and
         # let no second SIGTERM cut the stop short.
         previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
-            _stop(cluster, pod, container, stage_id)
+            _stop(cluster, pod, container, stage_id, nonce)
         finally:
             signal.signal(signal.SIGTERM, previous)
         raise
@@ -121,7 +126,7 @@ class _Output:
 
 
 def _follow(cluster: Cluster, pod: str, container: str, stage_id: str, script: bytes,
-            out_fd: int, stall_seconds: float, offset: int) -> int:
+            out_fd: int, stall_seconds: float, offset: int, nonce: str) -> int:
     """Start the stage (once) and follow it to its exit code across reconnects."""
     log = logs.get()
     output = _Output(out_fd, offset)
@@ -131,7 +136,8 @@ def _follow(cluster: Cluster, pod: str, container: str, stage_id: str, script: b
     while True:
         control = StageControl()
         before = output.offset
-        argv = launcher_argv(None if started else len(script), stage_id, output.offset)
+        argv = launcher_argv(None if started else len(script), stage_id, output.offset,
+                             nonce)
         failure: ClusterError | None = None
         status = b""
         try:
@@ -167,15 +173,13 @@ def _follow(cluster: Cluster, pod: str, container: str, stage_id: str, script: b
         attempt += 1
         waited = time.monotonic() - progress_at
         if waited > cluster.retry_timeout:
-            _stop(cluster, pod, container, stage_id)
+            _stop(cluster, pod, container, stage_id, nonce)
             raise ClusterError(f"{failure}; gave up reconnecting after {waited:.0f}s "
                                f"without progress (the stage was asked to stop)")
         if control.truncated:
             failure = ClusterError("the script arrived truncated in the pod; sending it again",
                                    transient=True)
-        wait = min(0.1 * 2 ** (attempt - 1), 5.0)
-        if failure.retry_after is not None:
-            wait = max(wait, failure.retry_after)
+        wait = RECONNECT.delay(attempt, failure)
         log.warning("reconnecting to the stage after a lost connection", attempt=attempt,
                     offset=output.offset, error=str(failure), retry_in=f"{wait:.1f}s")
         time.sleep(wait)
@@ -199,11 +203,11 @@ def _describe(status: bytes, control: StageControl) -> str:
     return f"{text}{'; ' + said if said else ''}"
 
 
-def _stop(cluster: Cluster, pod: str, container: str, stage_id: str) -> None:
+def _stop(cluster: Cluster, pod: str, container: str, stage_id: str, nonce: str) -> None:
     """Stop the stage's processes in the pod (best effort, bounded)."""
     log = logs.get()
     try:
-        cluster.run_quiet(pod, container, stopper_argv(stage_id),
+        cluster.run_quiet(pod, container, stopper_argv(stage_id, nonce),
                           timeout=STOP_TIMEOUT_SECONDS)
     except ClusterError as error:
         log.warning("could not stop the stage script in the pod", error=str(error))

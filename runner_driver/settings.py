@@ -106,6 +106,14 @@ class AgentSettings:
 
 
 @dataclass(frozen=True)
+class ManagerSettings:
+    """Who this runner manager is, as the labels on its job pods say."""
+
+    # Empty: the host name, resolved by `resolve_manager` when a command starts.
+    id: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the operator can tune; see config.example.toml."""
 
@@ -115,6 +123,7 @@ class Settings:
     helper: HelperSettings = field(default_factory=HelperSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
+    manager: ManagerSettings = field(default_factory=ManagerSettings)
     source: str = "built-in defaults"
 
 
@@ -122,6 +131,8 @@ LEVELS = ("debug", "info", "warning", "error")
 # Kubernetes quantities as operators write them (a subset of the API's grammar that
 # excludes the surprising ones: exponents, and `m` on memory, which means millibytes).
 _CPU = re.compile(r"(\d+(\.\d+)?|\d+m)")
+# A label value (the manager id is one): at most 63 characters, alphanumeric at both ends.
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _MEMORY = re.compile(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
 FORMATS = ("console", "json")
 
@@ -158,6 +169,16 @@ def load(path: Path | None) -> Settings:
     settings = replace(settings, source=str(path))
     _check(settings, path)
     return settings
+
+
+def resolve_manager(settings: Settings) -> Settings:
+    """`settings` with `manager.id` filled in: the host name when the operator left it empty.
+
+    Done once when a command starts, so the pod builder stays free of I/O.
+    """
+    if settings.manager.id:
+        return settings
+    return replace(settings, manager=ManagerSettings(id=os.uname().nodename))
 
 
 def load_from(cli_path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -281,6 +302,11 @@ def _check(settings: Settings, path: Path) -> None:
                                     f"got {settings.logging.level!r}")
     if settings.agent.idle_timeout_seconds <= 0:
         raise fail("agent.idle_timeout_seconds", "must be greater than 0")
+    manager = settings.manager.id
+    if manager and not _LABEL_VALUE.fullmatch(manager):
+        raise fail("manager.id", "must be a Kubernetes label value (at most 63 letters, "
+                                 "digits, '-', '_' or '.', starting and ending with a letter "
+                                 f"or digit), got {manager!r}")
     if settings.logging.format not in FORMATS:
         raise fail("logging.format", f"must be one of {', '.join(FORMATS)}, "
                                      f"got {settings.logging.format!r}")

@@ -6,6 +6,7 @@ or real `kubectl`, never through patched clients.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -18,9 +19,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import structlog
 from kubernetes import client, config
 from kubernetes.stream import stream
 
+from runner_driver import logs
 from runner_driver.emulator import EmulatedCluster, NodeSettings
 
 T = TypeVar("T")
@@ -237,3 +240,20 @@ def pods_left(core: client.CoreV1Api, namespace: str = "default") -> list[str]:
     """Names of pods the driver manages that still exist in `namespace`."""
     return [p.metadata.name for p in core.list_namespaced_pod(
         namespace, label_selector="app.kubernetes.io/managed-by=runner-driver").items]
+
+
+@pytest.fixture
+def retry_log() -> Iterator[io.StringIO]:
+    """Driver log lines (JSON, warning and up) captured in memory; structlog reset after."""
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    stream = io.StringIO()
+    logs.configure("warning", "json", stream=stream)
+    yield stream
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+def logged(stream: io.StringIO) -> list[dict[str, Any]]:
+    """The JSON log events written so far."""
+    return [json.loads(line) for line in stream.getvalue().splitlines()]

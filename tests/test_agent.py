@@ -24,10 +24,11 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from runner_driver import agent_client
+from runner_driver import agent, agent_client
 from runner_driver.emulator import EmulatedCluster
 from runner_driver.emulator.demo import driver_command
 from runner_driver.emulator.runner import Job, JobSession, RunnerEmulator, bash_script
+from runner_driver.runner_env import ExitCodes
 from tests.conftest import make_runner, next_job_id, pods_left, wait_for
 
 NS = "default"
@@ -37,10 +38,24 @@ DRIVER = driver_command()
 HEAVY = ("kubernetes", "urllib3", "websocket", "yaml", "structlog", "tenacity", "pydantic",
          "aiohttp", "asyncio", "typing", "dataclasses", "hashlib", "argparse", "json", "re",
          "socket", "enum", "pathlib", "contextlib")
-# ... and exactly what it loads (standard library C modules, and three of ours).
+# ... and exactly what it loads (standard library C modules, and four of ours).
 LIGHT = {"runner_driver", "runner_driver.cli", "runner_driver.errors",
-         "runner_driver.agent_client", "_socket", "select", "fcntl", "zlib", "signal"}
+         "runner_driver.agent_client", "runner_driver.jobrecord", "_socket", "select",
+         "fcntl", "zlib", "signal"}
 SLOW_LINES = 40  # the resumable script prints one line every 50 ms
+# A job's nonce as `config` mints it, and another job's.
+NONCE = "0123456789abcdef0123456789abcdef"
+OTHER_NONCE = "fedcba9876543210fedcba9876543210"
+REFUSED = {"refused": "this agent serves another job"}
+# Nonce fields of requests that are not the job's: another job's, none, near misses.
+FOREIGN = [
+    pytest.param({"nonce": OTHER_NONCE}, id="another-jobs"),
+    pytest.param({"nonce": ""}, id="empty"),
+    pytest.param({}, id="missing"),
+    pytest.param({"nonce": NONCE.upper()}, id="upper-case"),
+    pytest.param({"nonce": NONCE[:-1]}, id="a-prefix"),
+    pytest.param({"nonce": NONCE + "0"}, id="longer"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +82,25 @@ def stats(session: JobSession) -> dict[str, Any] | None:
 
 
 def socket_file(session: JobSession) -> Path:
-    path = agent_client.socket_path(session.environment(), spec(session))
+    env = session.environment()
+    path = agent_client.socket_path(env, spec(session), agent_client.job_nonce(env))
     assert path is not None
     return Path(path)
+
+
+def ask(path: Path | str, request: dict[str, str], pipes: bool = False) -> dict[str, str] | None:
+    """Send one request to the agent at `path` (with two pipes, as a stage request has);
+    its first reply, or None when it hung up without one."""
+    conn = agent_client.connect(str(path))
+    assert conn is not None
+    ends = [end for _ in range(2 if pipes else 0) for end in os.pipe()]
+    try:
+        agent_client.send(conn, request, ends[1::2] or None)
+        return agent_client.Messages(conn).next()
+    finally:
+        conn.close()
+        for end in ends:
+            os.close(end)
 
 
 def alive(pid: int) -> bool:
@@ -223,39 +254,43 @@ def test_disabled_agent_leaves_no_socket_and_the_job_still_succeeds(
 
 
 def test_no_agent_in_a_directory_other_users_can_enter(runner: RunnerEmulator,
-                                                        tmp_path: Path) -> None:
-    """A job directory that is not private gets no agent; the stages run themselves."""
+                                                        tmp_path: Path,
+                                                        core: client.CoreV1Api) -> None:
+    """A job directory that is not private gets no agent from config nor from prepare
+    (which, with nowhere private to record its pod, fails before creating one)."""
     tempdir = tmp_path / "shared"
     tempdir.mkdir()
     tempdir.chmod(0o755)
     session = JobSession(runner, Job(job_id=next_job_id()), tempdir, None)
     session.apply_config(session.call("config", ["config"]))
     assert not list(tempdir.glob(f"{agent_client.SOCKET_PREFIX}*"))
-    assert session.call("prepare", ["prepare"]).exit_code == 0
+    prepare = session.call("prepare", ["prepare"])
+    assert prepare.exit_code == 2, prepare.stderr  # SYSTEM_FAILURE_EXIT_CODE
+    assert b"is not private to this user" in prepare.stderr
     assert not list(tempdir.glob(f"{agent_client.SOCKET_PREFIX}*"))
-    session.run_stage("get_sources")
-    session.run_stage("build_script", ["echo in-process"])
-    assert b"in-process" in session.log
-    session.cleanup()
+    assert session.job_env["RUNNER_DRIVER_POD"] not in pods_left(core)
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="a process of another uid can only be made by root "
                     "(setuid); CI runs as root, so it runs there")
 def test_the_agent_serves_no_other_user(runner: RunnerEmulator) -> None:
-    """Even with the socket reachable, a process of another uid gets no answer."""
+    """Even with the socket reachable and the job's nonce, another uid gets no answer."""
     # Under /tmp itself, so that another user can reach it once we open it up.
     tempdir = Path(tempfile.mkdtemp(prefix="custom-executor"))
     session = JobSession(runner, Job(job_id=next_job_id()), tempdir, None)
     try:
         session.apply_config(session.call("config", ["config"]))
         path = socket_file(session)
+        # The nonce is no secret (it is on the pod's label): the uid alone must keep it out.
+        nonce = session.environment()["RUNNER_DRIVER_NONCE"]
+        request = agent_client.encode({"op": "stats", "nonce": nonce})
         tempdir.chmod(0o711)
         path.chmod(0o777)
         try:
             probe = ("import socket, os\nos.setgid(65534); os.setuid(65534)\n"
                      "s = socket.socket(socket.AF_UNIX); s.settimeout(5)\n"
                      f"s.connect({str(path)!r})\n"
-                     "try:\n    s.sendall(b'op=stats\\0\\0')\n    print(repr(s.recv(100)))\n"
+                     f"try:\n    s.sendall({request!r})\n    print(repr(s.recv(100)))\n"
                      "except (BrokenPipeError, ConnectionResetError):\n    print('closed')\n")
             result = subprocess.run([sys.executable, "-c", probe], capture_output=True,
                                     timeout=30, check=False)
@@ -429,3 +464,115 @@ def test_cleanup_while_a_run_is_still_going(runner: RunnerEmulator,
         # Only a cleanup the agent served ends it (its socket is still there).
         wait_for(lambda: not alive(agent["pid"]), timeout=10, what="the agent to exit")
     wait_for(lambda: pods_left(core) == [], timeout=10, what="the pod to be deleted")
+
+
+# --- whose stages it serves: its own job's nonce only -------------------------------
+
+
+class LoneAgent:
+    """An agent started (by `agent.start`, as `config` does) for NONCE in a private job
+    directory, with no cluster: its stages append their name to `ran`, print, exit 5."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        tmpdir = tmp_path / "job"
+        tmpdir.mkdir(mode=0o700)
+        tmpdir.chmod(0o700)
+        self.env = {"TMPDIR": str(tmpdir), "RUNNER_DRIVER_NONCE": NONCE}
+        path = agent_client.socket_path(self.env, "", NONCE)
+        assert path is not None
+        self.path = path
+        self.ran = tmp_path / "ran"
+
+    def execute(self, stage: str, _arguments: dict[str, Any], _codes: ExitCodes) -> int:
+        with self.ran.open("a") as ran:
+            ran.write(stage + "\n")
+        os.write(1, f"{stage} served\n".encode())  # fd 1 is the client's pipe
+        return 5
+
+    def stages_run(self) -> str:
+        return self.ran.read_text() if self.ran.exists() else ""
+
+
+@pytest.fixture
+def lone_agent(tmp_path: Path) -> Iterator[LoneAgent]:
+    """A LoneAgent, serving; on exit its socket is removed and it is gone."""
+    lone = LoneAgent(tmp_path)
+    assert agent.start(lone.path, lone.execute, 60, NONCE)
+    first = agent_client.stats_for(lone.env, None)
+    assert first is not None
+    try:
+        yield lone
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lone.path)
+        wait_for(lambda: not alive(int(first["pid"])), timeout=10,
+                 what="the agent to exit once its socket is gone")
+
+
+def test_start_refuses_an_empty_nonce(tmp_path: Path) -> None:
+    """An agent without its job's nonce is never started: an error, and no socket."""
+    lone = LoneAgent(tmp_path)
+    with pytest.raises(OSError, match="nonce"):
+        agent.start(lone.path, lone.execute, 60, "")
+    assert not Path(lone.path).exists()
+    assert agent_client.stats_for(lone.env, None) is None
+
+
+@pytest.mark.parametrize("foreign", FOREIGN)
+def test_the_agent_refuses_requests_without_its_jobs_nonce(
+        lone_agent: LoneAgent, foreign: dict[str, str]) -> None:
+    """Stats, run and cleanup requests without the agent's own nonce are refused unrun,
+    and a refused cleanup does not stop the agent."""
+    assert ask(lone_agent.path, {"op": "stats", **foreign}) == REFUSED
+    for stage in ("run", "prepare", "cleanup"):
+        request = {"op": "stage", "stage": stage, "arg.script": "/s", "arg.stage": "x"}
+        assert ask(lone_agent.path, request | foreign, pipes=True) == REFUSED
+    assert lone_agent.stages_run() == ""
+    served = agent_client.stats_for(lone_agent.env, None)
+    assert served is not None and served["stages_served"] == 0
+
+
+def test_a_nonce_that_is_not_text_is_not_served_and_the_agent_serves_on(
+        lone_agent: LoneAgent) -> None:
+    """A nonce field of undecodable bytes is no match: no service, nothing run, still serving."""
+    garbage = os.fsdecode(b"\xff" * 32)  # as the agent decodes it: lone surrogates
+    assert ask(lone_agent.path, {"op": "stats", "nonce": garbage}) in (None, REFUSED)
+    request = {"op": "stage", "stage": "cleanup", "nonce": garbage}
+    assert ask(lone_agent.path, request, pipes=True) in (None, REFUSED)
+    assert lone_agent.stages_run() == ""
+    assert ask(lone_agent.path, {"op": "stats", "nonce": NONCE}) is not None
+
+
+def test_the_agent_serves_requests_with_its_jobs_nonce(
+        lone_agent: LoneAgent, capfd: pytest.CaptureFixture[str]) -> None:
+    """With the agent's own nonce, stats are answered and a stage runs there, once."""
+    stats_reply = ask(lone_agent.path, {"op": "stats", "nonce": NONCE})
+    assert stats_reply is not None and "refused" not in stats_reply
+    handoff = agent_client.hand_over("run", {"script": "/s", "stage": "build_script"},
+                                     lone_agent.env, "")
+    assert handoff is not None and handoff.exit_code == 5
+    assert capfd.readouterr().out == "run served\n"
+    assert lone_agent.stages_run() == "run\n"
+    served = agent_client.stats_for(lone_agent.env, None)
+    assert served is not None and served["stages_served"] == 1
+
+
+def test_the_jobs_agent_refuses_another_jobs_stage(runner: RunnerEmulator,
+                                                   cluster: EmulatedCluster) -> None:
+    """The job's real agent refuses a run request carrying another job's nonce: the script
+    never runs, and the job's own stages are still served."""
+    with job_session(runner) as session:
+        before = stats(session)
+        assert before is not None
+        script = script_file(session, "touch /scratch/foreign")
+        request = {"op": "stage", "stage": "run", "nonce": OTHER_NONCE,
+                   "arg.script": str(script), "arg.stage": "build_script"}
+        assert ask(socket_file(session), request, pipes=True) == REFUSED
+        assert ask(socket_file(session), {"op": "stats", "nonce": OTHER_NONCE}) == REFUSED
+        session.run_stage("build_script", ["echo still ours"])
+        after = stats(session)
+        ran = in_pod(cluster, session, "[ -e /scratch/foreign ] && echo yes || echo no")
+    assert b"still ours" in session.log
+    assert ran == b"no\n"
+    assert after is not None and after["pid"] == before["pid"]
+    assert after["stages_served"] == before["stages_served"] + 1

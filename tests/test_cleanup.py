@@ -3,10 +3,12 @@ out a flaky API without leaking the pod."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from kubernetes import client
 
+from runner_driver import jobrecord
 from runner_driver.emulator import EmulatedCluster
 from runner_driver.emulator.runner import SYSTEM_FAILURE_EXIT_CODE, Job
 from tests.conftest import next_job_id, pods_left, wait_for
@@ -33,14 +35,27 @@ def test_cleanup_twice_and_without_job_env_succeeds(runner: Any,
     wait_for(lambda: not pods_left(core), timeout=10, what="no pods left")
 
 
-def test_cleanup_without_prepare_finds_the_pod_by_job_identity(
+def test_cleanup_without_job_env_finds_the_pod_through_prepares_record(
         runner: Any, core: client.CoreV1Api) -> None:
-    """Without job_env, cleanup derives the same pod name from the job and deletes it."""
+    """Without job_env, cleanup deletes the pod prepare recorded in the job's TMPDIR."""
     with runner.session(Job(job_id=next_job_id())) as session:
         name = session.hostname
         session.job_env = {}
         assert session.call("cleanup", ["cleanup"]).exit_code == 0
         wait_for(lambda: name not in pods_left(core), timeout=10, what=f"{name} deleted")
+
+
+def test_cleanup_without_a_record_deletes_nothing(runner: Any, core: client.CoreV1Api) -> None:
+    """No record of a created pod: cleanup succeeds and never deletes a pod by its name."""
+    with runner.session(Job(job_id=next_job_id())) as session:
+        name = session.hostname
+        os.unlink(jobrecord.path_in(str(session.tempdir)))
+        try:
+            call = session.call("cleanup", ["cleanup"])
+            assert call.exit_code == 0, call.stderr
+            assert name in pods_left(core)
+        finally:
+            core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
 
 
 def test_cleanup_retries_transient_api_errors_but_not_refusals(

@@ -3,6 +3,7 @@ and how every stage's outcome maps to the exit codes gitlab-runner expects."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,9 +21,10 @@ import yaml
 from kubernetes import client, config
 from kubernetes.stream import stream
 
-from runner_driver import cli
+from runner_driver import cli, jobrecord
 from runner_driver.emulator import EmulatedCluster
 from runner_driver.emulator.runner import Job, bash_script
+from runner_driver.runner_env import new_nonce
 from tests.conftest import KANIKO, KANIKO_IDLE, job_pod, next_job_id, wait_for
 
 
@@ -185,7 +187,20 @@ def test_local_cluster_runs_without_root(tmp_path: Path) -> None:
 
 DRIVER = Path(sys.executable).parent / "runner-driver"
 CODES = {"SYSTEM_FAILURE_EXIT_CODE": "5", "BUILD_FAILURE_EXIT_CODE": "4"}
-JOB = {"CUSTOM_ENV_CI_JOB_ID": "101", "CUSTOM_ENV_CI_PROJECT_ID": "9"}
+CLEANUP_POD = "runner-0a1b2c3d-project-9-job-101"
+
+
+def _job(tmp_path: Path, record: jobrecord.PodRecord | None = None) -> dict[str, str]:
+    """The job's environment as gitlab-runner sets it: a payload for job 101 of project 9
+    in a private TMPDIR, holding `record` as prepare would have left it."""
+    tmpdir = tmp_path / "job"
+    tmpdir.mkdir(mode=0o700, exist_ok=True)
+    payload = tmpdir / "response.json"
+    payload.write_text(json.dumps({"id": 101, "job_info": {"project_id": 9}}),
+                       encoding="utf-8")
+    if record is not None:
+        jobrecord.write(str(tmpdir), record)
+    return {"JOB_RESPONSE_FILE": str(payload), "TMPDIR": str(tmpdir)}
 TOKEN = "glcbt-64_clitestsecrettoken42"
 
 
@@ -274,20 +289,23 @@ def test_help_exits_zero(tmp_path: Path) -> None:
     assert all(stage in result.stdout for stage in ("config", "prepare", "run", "cleanup"))
 
 
-def test_missing_job_id_is_one_line_naming_the_variable(tmp_path: Path) -> None:
-    """Without CUSTOM_ENV_CI_JOB_ID, config fails as a system failure, naming it, stdout empty."""
-    result = _driver(tmp_path, "config", env={**CODES, "CUSTOM_ENV_CI_PROJECT_ID": "9"})
+def test_missing_job_payload_is_one_line_naming_it(tmp_path: Path) -> None:
+    """Without JOB_RESPONSE_FILE, config fails as a system failure naming it, stdout empty;
+    job variables claiming the ids do not stand in for it."""
+    result = _driver(tmp_path, "config", env={**CODES, "CUSTOM_ENV_CI_JOB_ID": "101",
+                                              "CUSTOM_ENV_CI_PROJECT_ID": "9"})
     assert result.returncode == 5
     line = _one_line(result.stderr)
-    assert line.startswith("runner-driver config: ")
-    assert "CUSTOM_ENV_CI_JOB_ID is not set" in line
+    assert line == ("runner-driver config: reading the job: JOB_RESPONSE_FILE is not set; "
+                    "runner-driver stages must be started by gitlab-runner 14.1 or later "
+                    "(custom executor)")
     assert result.stdout == ""  # the runner would try to parse anything here
 
 
 def test_unknown_settings_key_is_one_line_naming_file_and_key(tmp_path: Path) -> None:
     """A typo in the driver's settings fails the stage with the file and the dotted key."""
     env = _settings(tmp_path / "driver.toml", '[pod]\nbuild_dir = "/b"\n')
-    result = _driver(tmp_path, "prepare", env={**CODES, **JOB, **env})
+    result = _driver(tmp_path, "prepare", env={**CODES, **_job(tmp_path), **env})
     assert result.returncode == 5
     line = _one_line(result.stderr)
     assert line.startswith("runner-driver prepare: ")
@@ -309,7 +327,7 @@ def test_unusable_kubeconfig_is_one_line_naming_it(tmp_path: Path, content: str 
     elif content is not None:
         kubeconfig.write_text(content, encoding="utf-8")
     env = _settings(tmp_path / "driver.toml", f'[kubernetes]\nkubeconfig = "{kubeconfig}"\n')
-    result = _driver(tmp_path, "config", env={**CODES, **JOB, **env})
+    result = _driver(tmp_path, "config", env={**CODES, **_job(tmp_path), **env})
     assert result.returncode == 5
     line = _one_line(result.stderr)
     assert line.startswith(f"runner-driver config: loading cluster credentials from {kubeconfig}")
@@ -320,44 +338,58 @@ def test_unusable_kubeconfig_is_one_line_naming_it(tmp_path: Path, content: str 
 
 def test_cleanup_against_an_unreachable_cluster_fails_after_the_retry_budget(
         tmp_path: Path) -> None:
-    """With the API down, cleanup retries (logged) for retry_timeout_seconds, then fails."""
+    """With a pod recorded and the API down, cleanup retries (logged) within
+    retry_timeout_seconds, then fails naming the recorded pod."""
     kubeconfig = _kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{_closed_port()}")
     env = _settings(tmp_path / "driver.toml", "[kubernetes]\nretry_timeout_seconds = 1.0\n")
+    record = jobrecord.PodRecord("default", CLEANUP_POD, new_nonce(), uid="uid-of-the-pod")
     started = time.monotonic()
-    result = _driver(tmp_path, "cleanup",
-                     env={**CODES, **JOB, **env, "KUBECONFIG": str(kubeconfig)}, timeout=30)
+    result = _driver(tmp_path, "cleanup", timeout=30,
+                     env={**CODES, **_job(tmp_path, record), **env,
+                          "KUBECONFIG": str(kubeconfig)})
     assert time.monotonic() - started < 10
     assert result.returncode == 5
     *retries, last = result.stderr.strip().splitlines()
-    assert last.startswith("runner-driver cleanup: deleting pod default/runner-project-9-job-101: "
+    assert last.startswith(f"runner-driver cleanup: deleting pod default/{CLEANUP_POD}: "
                            "cannot reach the Kubernetes API")
     assert retries, result.stderr
     for line in retries:
         assert "retrying a Kubernetes API call after a transient error" in line
-        assert "action='deleting pod default/runner-project-9-job-101'" in line
+        assert f"action='deleting pod default/{CLEANUP_POD}'" in line
         assert "stage=cleanup" in line and "job_id=101" in line
+
+
+def test_cleanup_with_nothing_recorded_returns_at_once(tmp_path: Path) -> None:
+    """No record (prepare created nothing): cleanup succeeds without calling the dead API."""
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{_closed_port()}")
+    env = _settings(tmp_path / "driver.toml", "[kubernetes]\nretry_timeout_seconds = 30\n")
+    started = time.monotonic()
+    result = _driver(tmp_path, "cleanup", timeout=30,
+                     env={**CODES, **_job(tmp_path), **env, "KUBECONFIG": str(kubeconfig)})
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 5  # far below the 30 s retry budget
+    assert result.stderr == ""
 
 
 # --- cleanup and SIGTERM -------------------------------------------------------------------
 # gitlab-runner may SIGTERM cleanup (a cancel, a shutdown). Its delete is the whole point, so
 # a request in flight may land, for at most cli.CLEANUP_SIGTERM_GRACE_SECONDS.
 
-CLEANUP_POD = "runner-project-9-job-101"  # the name JOB derives
-
-
 def _cleanup_against_slow_delete(tmp_path: Path, kubeconfig: Path, cluster: EmulatedCluster,
                                  core: client.CoreV1Api, namespace: str,
                                  latency: float) -> tuple[subprocess.Popen[str], float]:
     """Start `runner-driver cleanup` on a pod whose delete takes `latency` s; SIGTERM it while
     the delete is in flight. Returns the process and when SIGTERM was sent."""
-    core.create_namespaced_pod(namespace, job_pod(CLEANUP_POD))
+    created = core.create_namespaced_pod(namespace, job_pod(CLEANUP_POD))
+    record = jobrecord.PodRecord(namespace, CLEANUP_POD, new_nonce(), uid=created.metadata.uid)
     cluster.add_latency(latency, "DELETE", f"^/api/v1/namespaces/{namespace}/pods/{CLEANUP_POD}$",
                         count=1)
     env = _settings(tmp_path / "driver.toml", f'[kubernetes]\nnamespace = "{namespace}"\n')
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
     before = cluster.request_counts().get("delete pods", 0)
     process = subprocess.Popen([str(DRIVER), "cleanup"],
-                               env={**base, **CODES, **JOB, **env, "KUBECONFIG": str(kubeconfig)},
+                               env={**base, **CODES, **_job(tmp_path, record), **env,
+                                    "KUBECONFIG": str(kubeconfig)},
                                cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
@@ -446,7 +478,7 @@ def test_unexpected_exception_is_a_system_failure_with_a_masked_line(
         capsys: pytest.CaptureFixture[str]) -> None:
     """A bug in a stage returns the system code with one summary line; secrets stay masked."""
     kubeconfig = _kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{_closed_port()}")
-    for name, value in {**JOB, "KUBECONFIG": str(kubeconfig),
+    for name, value in {**_job(tmp_path), "KUBECONFIG": str(kubeconfig),
                         "CUSTOM_ENV_CI_JOB_TOKEN": TOKEN}.items():
         in_process.setenv(name, value)
 

@@ -7,6 +7,8 @@ exactly as gitlab-runner does, against the module's emulated cluster.
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +17,19 @@ from kubernetes import client
 import runner_driver
 from runner_driver.config_stage import DRIVER_NAME, config
 from runner_driver.emulator.runner import Job, JobSession
-from runner_driver.podspec import pod_name
-from runner_driver.runner_env import NAMESPACE_KEY, POD_KEY, JobContext
-from runner_driver.settings import PodSettings, Settings
+from runner_driver.podspec import NONCE_LABEL, pod_name
+from runner_driver.runner_env import NAMESPACE_KEY, NONCE_KEY, POD_KEY, JobContext
+from runner_driver.settings import ManagerSettings, PodSettings, Settings, resolve_manager
 from tests.conftest import make_runner, next_job_id, pods_left
 
 KEYS = {"builds_dir", "cache_dir", "builds_dir_is_shared", "hostname", "driver", "job_env"}
+NONCE = re.compile(r"[0-9a-f]{32}")
+# The settings of a started command: `resolve_manager` has filled in the manager's id.
+SETTINGS = Settings(manager=ManagerSettings(id="ci-manager-1"))
+# sha256("ci-manager-1")[:8]
+MANAGER_HASH = "ac4b8e4e"
+JOB = JobContext(job_id="77", project_id="9", timeout_seconds=None, nonce="", tmpdir="/tmp/j77",
+                 runner_short_token="abcd1234", project_path="g/p")
 
 
 def config_only(runner: Any, directory: Path, job_id: int) -> Any:
@@ -51,16 +60,22 @@ def test_config_names_directories_driver_and_the_pod_prepare_creates(
     """hostname and job_env name the pod that prepare then creates; directories are absolute."""
     with runner.session(Job(job_id=next_job_id())) as session:
         call = next(c for c in session.calls if c.stage == "config")
+        last = [c for c in session.calls if c.stage == "config"][-1]
         parsed = json.loads(call.stdout)
         pod = core.read_namespaced_pod(parsed["hostname"], "default")
         assert pod.metadata.labels["app.kubernetes.io/managed-by"] == "runner-driver"
         assert session.hostname == parsed["hostname"]
+        # prepare labelled the pod with the nonce config handed over in job_env.
+        assert pod.metadata.labels[NONCE_LABEL] == json.loads(last.stdout)["job_env"][NONCE_KEY]
     assert set(parsed) == KEYS
     assert parsed["builds_dir"] == "/builds" and parsed["cache_dir"] == "/cache"
     assert parsed["builds_dir"].startswith("/") and parsed["cache_dir"].startswith("/")
     assert parsed["builds_dir_is_shared"] is False
     assert parsed["driver"] == {"name": "runner-driver", "version": runner_driver.__version__}
-    assert parsed["job_env"] == {POD_KEY: parsed["hostname"], NAMESPACE_KEY: "default"}
+    nonce = parsed["job_env"][NONCE_KEY]
+    assert NONCE.fullmatch(nonce), nonce
+    assert parsed["job_env"] == {POD_KEY: parsed["hostname"], NAMESPACE_KEY: "default",
+                                 NONCE_KEY: nonce}
 
 
 def test_config_follows_settings_and_creates_nothing(kubeconfig: Path, tmp_path: Path,
@@ -79,31 +94,77 @@ def test_config_follows_settings_and_creates_nothing(kubeconfig: Path, tmp_path:
     assert parsed["hostname"] not in pods_left(core)
 
 
+def test_config_mints_a_fresh_nonce_per_call_over_the_wire(kubeconfig: Path,
+                                                          tmp_path: Path) -> None:
+    """Two `config` calls for one job name the same pod but hand over different nonces."""
+    runner = make_runner(kubeconfig, tmp_path / "runner")
+    job_id = next_job_id()
+    first = config_only(runner, tmp_path / "first", job_id)
+    second = config_only(runner, tmp_path / "second", job_id)
+    assert first.exit_code == 0 and second.exit_code == 0, (first.stderr, second.stderr)
+    one, two = json.loads(first.stdout), json.loads(second.stdout)
+    assert one["hostname"] == two["hostname"]
+    assert NONCE.fullmatch(one["job_env"][NONCE_KEY])
+    assert NONCE.fullmatch(two["job_env"][NONCE_KEY])
+    assert one["job_env"][NONCE_KEY] != two["job_env"][NONCE_KEY]
+
+
 def test_config_function_returns_the_same_document_for_a_job_context() -> None:
     """The pure function gives the stage's keys for a JobContext built directly."""
-    job = JobContext(job_id="77", project_id="9", pipeline_id="", runner_id="",
-                     runner_short_token="abcd1234", project_path="g/p", job_image="",
-                     services=(), timeout_seconds=None, pod_name_from_config="",
-                     namespace_from_config="")
-    settings = Settings(pod=PodSettings(builds_dir="/b", cache_dir="/c"))
-    document = config(settings, job, "ci")
-    name = pod_name(job)
-    assert name == "runner-abcd1234-project-9-job-77"
+    settings = replace(SETTINGS, pod=PodSettings(builds_dir="/b", cache_dir="/c"))
+    document = config(settings, JOB, "ci")
+    name = pod_name(settings, JOB)
+    assert name == f"runner-{MANAGER_HASH}-project-9-job-77"
+    nonce = document["job_env"][NONCE_KEY]
+    assert NONCE.fullmatch(nonce), nonce
     assert document == {
         "builds_dir": "/b", "cache_dir": "/c", "builds_dir_is_shared": False,
         "hostname": name,
         "driver": {"name": DRIVER_NAME, "version": runner_driver.__version__},
-        "job_env": {POD_KEY: name, NAMESPACE_KEY: "ci"},
+        "job_env": {POD_KEY: name, NAMESPACE_KEY: "ci", NONCE_KEY: nonce},
     }
     json.dumps(document)  # serialisable as it is printed
 
 
 def test_config_function_keeps_the_pod_name_from_an_earlier_config() -> None:
     """A job whose environment already names the pod reports that same name."""
-    job = JobContext(job_id="77", project_id="9", pipeline_id="", runner_id="",
-                     runner_short_token="", project_path="", job_image="", services=(),
-                     timeout_seconds=None, pod_name_from_config="given-pod",
-                     namespace_from_config="other")
-    document = config(Settings(), job, "ci")
+    job = replace(JOB, runner_short_token="", project_path="",
+                  pod_name_from_config="given-pod", namespace_from_config="other")
+    document = config(SETTINGS, job, "ci")
     assert document["hostname"] == "given-pod"
-    assert document["job_env"] == {POD_KEY: "given-pod", NAMESPACE_KEY: "ci"}
+    assert document["job_env"] == {POD_KEY: "given-pod", NAMESPACE_KEY: "ci",
+                                   NONCE_KEY: document["job_env"][NONCE_KEY]}
+
+
+def test_config_emits_a_32_hex_nonce_that_differs_between_calls() -> None:
+    """Each call mints its own RUNNER_DRIVER_NONCE of 32 lowercase hex characters."""
+    nonces = [config(SETTINGS, JOB, "ci")["job_env"][NONCE_KEY] for _ in range(2)]
+    assert all(NONCE.fullmatch(nonce) for nonce in nonces), nonces
+    assert nonces[0] != nonces[1]
+    assert NONCE_KEY == "RUNNER_DRIVER_NONCE"
+
+
+def test_config_mints_a_new_nonce_even_when_the_job_has_one() -> None:
+    """A nonce already in the job's environment is not reused: config always mints afresh."""
+    earlier = "0123456789abcdef0123456789abcdef"
+    document = config(SETTINGS, replace(JOB, nonce=earlier), "ci")
+    assert document["job_env"][NONCE_KEY] != earlier
+
+
+def test_config_nonce_is_what_later_stages_read_back(tmp_path: Path) -> None:
+    """The nonce config emits, handed back unprefixed in job_env, becomes the job's nonce."""
+    response = tmp_path / "response.json"
+    response.write_text(json.dumps({"id": 77, "job_info": {"project_id": 9}}), encoding="utf-8")
+    document = config(SETTINGS, JOB, "ci")
+    later = JobContext.from_env({"JOB_RESPONSE_FILE": str(response), "TMPDIR": str(tmp_path),
+                                 **document["job_env"]})
+    assert later.nonce == document["job_env"][NONCE_KEY]
+    assert pod_name(SETTINGS, later) == document["hostname"]
+
+
+def test_config_names_the_pod_after_the_resolved_manager() -> None:
+    """With the manager id resolved from the host, config names the pod as prepare will."""
+    settings = resolve_manager(Settings())
+    assert settings.manager.id
+    document = config(settings, JOB, "ci")
+    assert document["hostname"] == pod_name(settings, JOB)

@@ -886,12 +886,13 @@ def test_sigterm_during_cleanup_lets_the_delete_land(
 
 
 def owned_secret(core: client.CoreV1Api, pod_name: str, job_id: int) -> str:
-    """Create a driver-labelled secret owned by the pod; its name."""
+    """Create a driver-labelled secret owned by the pod of job `job_id`; its name."""
+    assert pod_name.endswith(f"-job-{job_id}")
     pod = core.read_namespaced_pod(pod_name, NS)
     name = f"{pod_name}-extra"
     core.create_namespaced_secret(NS, {
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "runner-driver",
-                                              "runner-driver/job-id": str(job_id)},
+        # As the driver labels a job's objects: with its pod's labels (manager included).
+        "metadata": {"name": name, "labels": dict(pod.metadata.labels),
                      "ownerReferences": [{"apiVersion": "v1", "kind": "Pod",
                                           "name": pod_name, "uid": pod.metadata.uid,
                                           "blockOwnerDeletion": False}]},

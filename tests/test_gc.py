@@ -26,12 +26,14 @@ from runner_driver.gc import (
     secret_verdict,
     verdicts,
 )
-from runner_driver.podspec import MANAGED_BY, MANAGED_SELECTOR
-from runner_driver.settings import KubernetesSettings
+from runner_driver.podspec import MANAGED_BY, MANAGED_SELECTOR, MANAGER_LABEL, manager_selector
+from runner_driver.settings import KubernetesSettings, ManagerSettings, Settings
 from tests.conftest import HELPER, HELPER_IDLE, wait_for
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
-MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY, MANAGER_LABEL: "gc-test"}
+# What `gc` lists by default: this manager's objects only.
+OURS = manager_selector(Settings(manager=ManagerSettings(id="gc-test")))
 
 # --- parse_duration -----------------------------------------------------------------------
 
@@ -286,13 +288,16 @@ def wire_secret(name: str, owner: Any | None, labels: dict[str, str]) -> dict[st
 
 @pytest.fixture
 def leftovers(core: client.CoreV1Api, namespace: str) -> str:
-    """In a fresh namespace: a finished job pod, a live one, a finished foreign pod, and
-    labelled secrets owned by the two job pods plus an unlabelled one. Returns the namespace."""
+    """In a fresh namespace: a finished job pod, a live one, a finished foreign pod, a
+    finished job pod of another runner manager, and labelled secrets owned by the two job
+    pods plus an unlabelled one. Returns the namespace."""
     done = core.create_namespaced_pod(namespace, wire_pod("done", ["sh", "-c", "exit 0"],
                                                           MANAGED))
     live = core.create_namespaced_pod(namespace, wire_pod("live", HELPER_IDLE, MANAGED))
     core.create_namespaced_pod(namespace, wire_pod("foreign", ["sh", "-c", "exit 0"],
                                                    {"app.kubernetes.io/managed-by": "tests"}))
+    core.create_namespaced_pod(namespace, wire_pod("other", ["sh", "-c", "exit 0"],
+                                                   {**MANAGED, MANAGER_LABEL: "other-host"}))
     core.create_namespaced_secret(namespace, wire_secret("s-done", done, MANAGED))
     core.create_namespaced_secret(namespace, wire_secret("s-live", live, MANAGED))
     # Owned by the pod that stays: Kubernetes' own garbage collector would remove it
@@ -302,7 +307,8 @@ def leftovers(core: client.CoreV1Api, namespace: str) -> str:
     def settled() -> bool:
         phases = {p.metadata.name: p.status.phase
                   for p in core.list_namespaced_pod(namespace).items}
-        return phases == {"done": "Succeeded", "live": "Running", "foreign": "Succeeded"}
+        return phases == {"done": "Succeeded", "live": "Running", "foreign": "Succeeded",
+                          "other": "Succeeded"}
 
     wait_for(settled, timeout=20, what="the pods to finish or run")
     return namespace
@@ -326,13 +332,13 @@ def test_collect_dry_run_lists_and_deletes_nothing(kubeconfig: Path, core: clien
                                                    leftovers: str) -> None:
     """--dry-run prints what would go, with the reason, and leaves everything in place."""
     said: list[str] = []
-    failures = collect(driver_cluster(kubeconfig, leftovers), datetime.now(UTC), 0, True,
+    failures = collect(driver_cluster(kubeconfig, leftovers), OURS, datetime.now(UTC), 0, True,
                        said.append)
     assert failures == 0
     assert said == [f"would delete pod {leftovers}/done: finished (Succeeded)",
                     f"would delete secret {leftovers}/s-done: its pod is gone",
-                    f"gc: 2 to delete (dry run), 2 kept (namespace {leftovers})"]
-    assert names(core, leftovers, "pod") == {"done", "live", "foreign"}
+                    f"gc: 2 to delete (dry run), 2 kept (namespace {leftovers}, {OURS})"]
+    assert names(core, leftovers, "pod") == {"done", "live", "foreign", "other"}
     assert {"s-done", "s-live", "s-foreign"} <= names(core, leftovers, "secret")
 
 
@@ -340,13 +346,13 @@ def test_collect_deletes_finished_pods_and_their_secrets_only(
         kubeconfig: Path, core: client.CoreV1Api, leftovers: str) -> None:
     """The finished job pod and its secret go; the live pod, foreign objects and theirs stay."""
     said: list[str] = []
-    failures = collect(driver_cluster(kubeconfig, leftovers), datetime.now(UTC), 0, False,
+    failures = collect(driver_cluster(kubeconfig, leftovers), OURS, datetime.now(UTC), 0, False,
                        said.append)
     assert failures == 0
     assert said == [f"deleted pod {leftovers}/done: finished (Succeeded)",
                     f"deleted secret {leftovers}/s-done: its pod is gone",
-                    f"gc: 2 to delete, 2 kept (namespace {leftovers})"]
-    assert names(core, leftovers, "pod") == {"live", "foreign"}
+                    f"gc: 2 to delete, 2 kept (namespace {leftovers}, {OURS})"]
+    assert names(core, leftovers, "pod") == {"live", "foreign", "other"}
     secrets = names(core, leftovers, "secret")
     assert "s-done" not in secrets and {"s-live", "s-foreign"} <= secrets
 
@@ -355,10 +361,10 @@ def test_collect_keeps_young_pods_with_older_than(kubeconfig: Path, core: client
                                                   leftovers: str) -> None:
     """With --older-than 1h nothing just created is touched, finished or not."""
     said: list[str] = []
-    assert collect(driver_cluster(kubeconfig, leftovers), datetime.now(UTC), 3600, False,
+    assert collect(driver_cluster(kubeconfig, leftovers), OURS, datetime.now(UTC), 3600, False,
                    said.append) == 0
-    assert said == [f"gc: 0 to delete, 4 kept (namespace {leftovers})"]
-    assert names(core, leftovers, "pod") == {"done", "live", "foreign"}
+    assert said == [f"gc: 0 to delete, 4 kept (namespace {leftovers}, {OURS})"]
+    assert names(core, leftovers, "pod") == {"done", "live", "foreign", "other"}
 
 
 def test_collect_removes_a_pod_past_its_deadline(kubeconfig: Path, core: client.CoreV1Api,
@@ -366,12 +372,12 @@ def test_collect_removes_a_pod_past_its_deadline(kubeconfig: Path, core: client.
     """Seen from two hours later, the running pod is past its 1 h deadline and goes too."""
     said: list[str] = []
     later = datetime.now(UTC) + timedelta(hours=2)
-    assert collect(driver_cluster(kubeconfig, leftovers), later, 0, False, said.append) == 0
+    assert collect(driver_cluster(kubeconfig, leftovers), OURS, later, 0, False, said.append) == 0
     assert f"deleted pod {leftovers}/done: finished (Succeeded)" in said
     assert any(line.startswith(f"deleted pod {leftovers}/live: ") and
                "past its active deadline of 3600s" in line for line in said)
-    assert said[-1] == f"gc: 4 to delete, 0 kept (namespace {leftovers})"
-    assert names(core, leftovers, "pod") == {"foreign"}
+    assert said[-1] == f"gc: 4 to delete, 0 kept (namespace {leftovers}, {OURS})"
+    assert names(core, leftovers, "pod") == {"foreign", "other"}
 
 
 def test_collect_reports_a_failed_delete_and_goes_on(kubeconfig: Path, core: client.CoreV1Api,
@@ -380,7 +386,7 @@ def test_collect_reports_a_failed_delete_and_goes_on(kubeconfig: Path, core: cli
     """A refused delete is counted and printed with the server's words; the rest still goes."""
     faults.fail_requests("DELETE", f"^/api/v1/namespaces/{leftovers}/pods/done$", 1, 403)
     said: list[str] = []
-    failures = collect(driver_cluster(kubeconfig, leftovers), datetime.now(UTC), 0, False,
+    failures = collect(driver_cluster(kubeconfig, leftovers), OURS, datetime.now(UTC), 0, False,
                        said.append)
     assert failures == 1
     assert said[0].startswith(f"could not delete pod {leftovers}/done: deleting pod "
@@ -391,13 +397,24 @@ def test_collect_reports_a_failed_delete_and_goes_on(kubeconfig: Path, core: cli
 
 def test_collect_lists_only_what_the_driver_labelled(kubeconfig: Path, cluster: EmulatedCluster,
                                                      leftovers: str) -> None:
-    """gc reads pods and secrets by the managed-by selector, once each."""
-    assert MANAGED_SELECTOR == "app.kubernetes.io/managed-by=runner-driver"
+    """gc reads pods and secrets by this manager's selector, once each."""
+    assert OURS == "app.kubernetes.io/managed-by=runner-driver,runner-driver/manager=gc-test"
     before = cluster.request_counts()
-    collect(driver_cluster(kubeconfig, leftovers), datetime.now(UTC), 0, True, lambda _: None)
+    collect(driver_cluster(kubeconfig, leftovers), OURS, datetime.now(UTC), 0, True,
+            lambda _: None)
     after = cluster.request_counts()
     spent = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     assert spent == {"list pods": 1, "list secrets": 1}
+
+
+def test_collect_with_the_managed_selector_also_takes_other_managers_pods(
+        kubeconfig: Path, core: client.CoreV1Api, leftovers: str) -> None:
+    """With the plain managed-by selector the other manager's finished pod goes too."""
+    said: list[str] = []
+    assert collect(driver_cluster(kubeconfig, leftovers), MANAGED_SELECTOR, datetime.now(UTC),
+                   0, False, said.append) == 0
+    assert f"deleted pod {leftovers}/other: finished (Succeeded)" in said
+    assert names(core, leftovers, "pod") == {"live", "foreign"}
 
 
 # --- `runner-driver gc` ------------------------------------------------------------------------
@@ -409,8 +426,8 @@ def gc_command(tmp_path: Path, kubeconfig: Path, namespace: str,
                *args: str) -> subprocess.CompletedProcess[str]:
     """Run the installed `runner-driver gc` against the namespace, as a CronJob would."""
     config = tmp_path / "driver.toml"
-    config.write_text(f'[kubernetes]\nnamespace = "{namespace}"\nretry_timeout_seconds = 2\n',
-                      encoding="utf-8")
+    config.write_text(f'[kubernetes]\nnamespace = "{namespace}"\nretry_timeout_seconds = 2\n'
+                      '[manager]\nid = "gc-test"\n', encoding="utf-8")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
            "KUBECONFIG": str(kubeconfig), "RUNNER_DRIVER_CONFIG": str(config)}
     return subprocess.run([str(DRIVER), "gc", *args], env=env, cwd=tmp_path,
@@ -427,9 +444,9 @@ def test_gc_command_deletes_and_prints_what_it_did(tmp_path: Path, kubeconfig: P
     assert result.stdout.splitlines() == [
         f"deleted pod {leftovers}/done: finished (Succeeded)",
         f"deleted secret {leftovers}/s-done: its pod is gone",
-        f"gc: 2 to delete, 2 kept (namespace {leftovers})"]
+        f"gc: 2 to delete, 2 kept (namespace {leftovers}, {OURS})"]
     assert result.stderr == ""
-    assert names(core, leftovers, "pod") == {"live", "foreign"}
+    assert names(core, leftovers, "pod") == {"live", "foreign", "other"}
 
 
 def test_gc_command_dry_run_deletes_nothing(tmp_path: Path, kubeconfig: Path,
@@ -439,8 +456,8 @@ def test_gc_command_dry_run_deletes_nothing(tmp_path: Path, kubeconfig: Path,
     assert result.returncode == 0, result.stderr
     assert f"would delete pod {leftovers}/done: finished (Succeeded)" in result.stdout
     assert result.stdout.splitlines()[-1] == \
-        f"gc: 2 to delete (dry run), 2 kept (namespace {leftovers})"
-    assert names(core, leftovers, "pod") == {"done", "live", "foreign"}
+        f"gc: 2 to delete (dry run), 2 kept (namespace {leftovers}, {OURS})"
+    assert names(core, leftovers, "pod") == {"done", "live", "foreign", "other"}
 
 
 def test_gc_command_older_than_keeps_young_pods(tmp_path: Path, kubeconfig: Path,
@@ -448,8 +465,9 @@ def test_gc_command_older_than_keeps_young_pods(tmp_path: Path, kubeconfig: Path
     """`--older-than 30m` keeps the pods just created."""
     result = gc_command(tmp_path, kubeconfig, leftovers, "--older-than", "30m")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"gc: 0 to delete, 4 kept (namespace {leftovers})"]
-    assert names(core, leftovers, "pod") == {"done", "live", "foreign"}
+    assert result.stdout.splitlines() == [
+        f"gc: 0 to delete, 4 kept (namespace {leftovers}, {OURS})"]
+    assert names(core, leftovers, "pod") == {"done", "live", "foreign", "other"}
 
 
 def test_gc_command_bad_duration_is_one_line_and_exit_1(tmp_path: Path, kubeconfig: Path,
@@ -473,9 +491,25 @@ def test_gc_command_failed_delete_exits_1(tmp_path: Path, kubeconfig: Path,
         f"could not delete pod {leftovers}/done: deleting pod {leftovers}/done: 403")
 
 
+def test_gc_command_keeps_other_managers_pods_unless_told(tmp_path: Path, kubeconfig: Path,
+                                                          core: client.CoreV1Api,
+                                                          leftovers: str) -> None:
+    """By default `gc` leaves another manager's finished pod; `--all-managers` removes it."""
+    result = gc_command(tmp_path, kubeconfig, leftovers)
+    assert result.returncode == 0, result.stderr
+    assert "other" in names(core, leftovers, "pod")
+    result = gc_command(tmp_path, kubeconfig, leftovers, "--all-managers")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"deleted pod {leftovers}/other: finished (Succeeded)",
+        f"gc: 1 to delete, 2 kept (namespace {leftovers}, {MANAGED_SELECTOR})"]
+    assert names(core, leftovers, "pod") == {"live", "foreign"}
+
+
 def test_gc_command_help_documents_its_options(tmp_path: Path, kubeconfig: Path) -> None:
     """`runner-driver gc --help` exits 0 and describes --older-than and --dry-run."""
     result = gc_command(tmp_path, kubeconfig, "default", "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: runner-driver gc")
     assert "--older-than DURATION" in result.stdout and "--dry-run" in result.stdout
+    assert "--all-managers" in result.stdout

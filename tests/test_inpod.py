@@ -1,12 +1,18 @@
 """The in-pod shell programs: job data stays out of argv, busybox ash and dash parse them,
-and the launcher's control lines are read back by `StageControl`."""
+they act only in a pod carrying the job's nonce, and the launcher's control lines are read
+back by `StageControl`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +20,10 @@ import pytest
 from runner_driver.inpod import (
     BUILD_ENTRYPOINT,
     CONTROL_PREFIX,
+    DRIVER_DIR,
     HELPER_ENTRYPOINT,
     LOG_DIR,
+    NOT_OURS,
     RUN_DIR,
     RUNNING,
     STAGE_LAUNCHER,
@@ -37,6 +45,21 @@ PROGRAMS = [
 # What a Python f-string leaves behind when a name was not substituted ({RUN_DIR}) or a
 # literal brace was doubled once too often ({{ or }}). Shell's own `${var##*/}` is fine.
 FORMAT_LEFTOVER = re.compile(r"(?<!\$)\{[A-Za-z_][A-Za-z0-9_]*\}|\{\{|\}\}")
+# The job's nonce as `config` mints it (32 lowercase hex digits), and another job's.
+NONCE = "0123456789abcdef0123456789abcdef"
+OTHER_NONCE = "fedcba9876543210fedcba9876543210"
+# (the nonce in the pod's env, None when unset; the nonce the driver passes): never ours.
+NOT_OUR_POD = [
+    pytest.param(NONCE, OTHER_NONCE, id="another-jobs-nonce"),
+    pytest.param(NONCE, "", id="no-nonce-given"),
+    pytest.param(NONCE, NONCE[:-1], id="a-prefix"),
+    pytest.param(NONCE, NONCE + "0", id="longer"),
+    pytest.param(NONCE, NONCE.upper(), id="upper-case"),
+    pytest.param(NONCE, "*", id="a-glob"),
+    pytest.param(None, NONCE, id="pod-without-nonce"),
+    pytest.param(None, "", id="neither-has-one"),
+    pytest.param("", "", id="both-empty"),
+]
 
 
 def shell(name: str) -> list[str]:
@@ -55,44 +78,44 @@ def parse(shell_name: str, program: str, *args: str) -> subprocess.CompletedProc
 # --- argv: constants, sizes, ids and offsets only ----------------------------------------
 
 
-def test_launcher_argv_holds_only_size_id_offset_and_supervisor() -> None:
-    """Launcher argv: the constant program, script size, stage id, offset, constant supervisor."""
+def test_launcher_argv_holds_only_size_id_offset_supervisor_and_nonce() -> None:
+    """Launcher argv: the constant program, script size, stage id, offset, supervisor, nonce."""
     script = "echo 's3cr3t'; docker login -p hunter2\n"
     size = len(script.encode())
-    argv = launcher_argv(size, "build-script-3")
+    argv = launcher_argv(size, "build-script-3", 0, NONCE)
     assert argv == ["sh", "-c", STAGE_LAUNCHER, "runner-driver-stage", str(size),
-                    "build-script-3", "0", STAGE_SUPERVISOR]
+                    "build-script-3", "0", STAGE_SUPERVISOR, NONCE]
     assert all(script.strip() not in part and "hunter2" not in part for part in argv)
 
 
 def test_launcher_argv_to_follow_a_started_stage() -> None:
     """Following (no script) passes "-" as the size, and the byte offset already received."""
-    assert launcher_argv(None, "step_x", 1234)[4:7] == ["-", "step_x", "1234"]
-    assert launcher_argv(0, "step_x", 7)[4:7] == ["0", "step_x", "7"]
+    assert launcher_argv(None, "step_x", 1234, NONCE)[4:7] == ["-", "step_x", "1234"]
+    assert launcher_argv(0, "step_x", 7, NONCE)[4:7] == ["0", "step_x", "7"]
 
 
 @pytest.mark.parametrize(("size", "offset"), [(None, 0), (0, 0), (10, 0), (None, 99),
                                               (2**40, 2**33)])
 def test_launcher_argv_never_carries_script_content(size: int | None, offset: int) -> None:
     """Whatever the size and offset, only the two constant programs and short tokens are in argv."""
-    argv = launcher_argv(size, "get-sources", offset)
+    argv = launcher_argv(size, "get-sources", offset, NONCE)
     constants = {STAGE_LAUNCHER, STAGE_SUPERVISOR}
     variable = [part for part in argv if part not in constants]
     assert variable == ["sh", "-c", "runner-driver-stage",
-                        "-" if size is None else str(size), "get-sources", str(offset)]
+                        "-" if size is None else str(size), "get-sources", str(offset), NONCE]
 
 
-def test_stopper_argv_holds_only_id_and_grace() -> None:
-    """The stopper's argv is the constant program plus the stage id and the grace in tenths."""
-    assert stopper_argv("build-script-3") == ["sh", "-c", STAGE_STOPPER, "runner-driver-stop",
-                                              "build-script-3", "20"]
-    assert stopper_argv("step_x", grace_tenths=5)[-2:] == ["step_x", "5"]
+def test_stopper_argv_holds_only_id_grace_and_nonce() -> None:
+    """The stopper's argv is the constant program plus the stage id, grace in tenths, nonce."""
+    assert stopper_argv("build-script-3", NONCE) == [
+        "sh", "-c", STAGE_STOPPER, "runner-driver-stop", "build-script-3", "20", NONCE]
+    assert stopper_argv("step_x", NONCE, grace_tenths=5)[-3:] == ["step_x", "5", NONCE]
 
 
 @pytest.mark.parametrize(("program", "arguments"), [
-    pytest.param(STAGE_LAUNCHER, ("$1", "$2", "$3", "$4"), id="stage-launcher"),
+    pytest.param(STAGE_LAUNCHER, ("$1", "$2", "$3", "$4", "$5"), id="stage-launcher"),
     pytest.param(STAGE_SUPERVISOR, ("$1", "$2"), id="stage-supervisor"),
-    pytest.param(STAGE_STOPPER, ("$1", "$2"), id="stage-stopper"),
+    pytest.param(STAGE_STOPPER, ("$1", "$2", "$3"), id="stage-stopper"),
 ])
 def test_programs_read_job_data_only_from_positional_arguments(
         program: str, arguments: tuple[str, ...]) -> None:
@@ -143,7 +166,7 @@ def test_entrypoints_are_shell_programs() -> None:
 def test_program_parses(shell_name: str, program: str) -> None:
     """Each in-pod program is valid syntax for busybox ash and for dash."""
     result = parse(shell_name, program, "runner-driver-test", "12", "stage-1", "0",
-                   STAGE_SUPERVISOR)
+                   STAGE_SUPERVISOR, NONCE)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
 
@@ -152,8 +175,15 @@ def test_program_parses(shell_name: str, program: str) -> None:
 @pytest.mark.parametrize(("size", "offset"), [(42, 0), (None, 1000)])
 def test_launcher_argv_parses_as_given(shell_name: str, size: int | None, offset: int) -> None:
     """The exact argv the driver execs parses when its `sh` is busybox ash or dash."""
-    argv = launcher_argv(size, "get-sources", offset)
+    argv = launcher_argv(size, "get-sources", offset, NONCE)
     result = parse(shell_name, *argv[2:])
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_stopper_argv_parses_as_given(shell_name: str) -> None:
+    """The exact stopper argv the driver execs parses when its `sh` is busybox ash or dash."""
+    result = parse(shell_name, *stopper_argv("get-sources", NONCE)[2:])
     assert result.returncode == 0, result.stderr
 
 
@@ -199,9 +229,206 @@ def test_running_counts_only_live_processes(shell_name: str, tmp_path: Path) -> 
 def test_parse_check_rejects_broken_syntax(shell_name: str) -> None:
     """The `sh -n` check has teeth: a program with a syntax error fails it."""
     broken = STAGE_STOPPER.replace("; done", "")
-    result = parse(shell_name, broken, "runner-driver-test", "stage-1", "20")
+    result = parse(shell_name, broken, "runner-driver-test", "stage-1", "20", NONCE)
     assert result.returncode != 0
     assert "syntax error" in result.stderr.lower()
+
+
+# --- run for real: only in the job's own pod ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def busybox_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """/busybox as the kaniko image has it: the static busybox and a link per applet."""
+    directory = tmp_path_factory.mktemp("busybox")
+    binary = shell("busybox")[0]
+    shutil.copy(binary, directory / "busybox")
+    applets = subprocess.run([binary, "--list"], capture_output=True, text=True, timeout=10,
+                             check=True).stdout.split()
+    for applet in applets:
+        if applet != "busybox":
+            (directory / applet).symlink_to("busybox")
+    return directory
+
+
+class Pod:
+    """The job pod's build container, on the host: a bwrap sandbox with the driver's two
+    volumes bound from host directories and the pod's nonce (if any) in its env, as the
+    downward API puts it there. With busybox it holds only /busybox (the kaniko image);
+    with dash, the host's /usr (where `sh` is dash). Pids are the host's."""
+
+    def __init__(self, shell_name: str, root: Path, busybox: Path, nonce: str | None) -> None:
+        self.driver_dir = root / "runner-driver"
+        self.logs_dir = root / "runner-driver-logs"
+        for directory in (self.driver_dir, self.logs_dir):
+            directory.mkdir(exist_ok=True)
+        bwrap = shutil.which("bwrap")
+        assert bwrap, "bwrap not installed: apt-get install bubblewrap"
+        if shell_name == "busybox":
+            image = ["--ro-bind", str(busybox), "/busybox"]
+            path = "/busybox"
+        else:
+            image = ["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
+                     "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+                     "--symlink", "usr/sbin", "/sbin"]
+            path = "/usr/bin:/bin"
+        self.prefix = [bwrap, *image, "--proc", "/proc", "--dev", "/dev",
+                       "--bind", str(self.driver_dir), DRIVER_DIR,
+                       "--bind", str(self.logs_dir), LOG_DIR, "--chdir", "/",
+                       "--die-with-parent", "--"]
+        self.env = {"PATH": path} | ({} if nonce is None else {"RUNNER_DRIVER_NONCE": nonce})
+
+    def run(self, argv: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        """Exec `argv` (exactly as the driver sends it) in the container, to its end."""
+        return subprocess.run([*self.prefix, *argv], input=stdin, capture_output=True,
+                              env=self.env, timeout=30, check=False)
+
+    def start(self, argv: list[str], stdin: bytes) -> subprocess.Popen[bytes]:
+        """Exec `argv` in the container and leave it running, `stdin` sent and closed."""
+        with tempfile.TemporaryFile() as source:
+            source.write(stdin)
+            source.seek(0)
+            return subprocess.Popen([*self.prefix, *argv], stdin=source,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    env=self.env)
+
+    def pid(self, name: str) -> int | None:
+        """A pid the launcher or supervisor recorded in the run directory (`ID.pid`, ...)."""
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.driver_dir / "run" / name).read_text())
+        return None
+
+    def stored(self) -> list[str]:
+        """Every file and directory on the driver's two volumes."""
+        return sorted(str(p.relative_to(self.driver_dir.parent))
+                      for d in (self.driver_dir, self.logs_dir) for p in d.rglob("*"))
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def sleeping_stage(pod: Pod, stage_id: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A stage started in `pod` with the job's nonce, its script asleep; stopped on exit."""
+    script = b"echo started; sleep 300\n"
+    launcher = pod.start(launcher_argv(len(script), stage_id, 0, NONCE), script)
+    try:
+        assert launcher.stdout is not None
+        assert launcher.stdout.readline() == b"started\n"
+        wait_for(lambda: pod.pid(f"{stage_id}.pid"), timeout=10, what="the stage's pid file")
+        yield launcher
+    finally:
+        # The script's group: its supervisor then records the status and the launcher ends.
+        kill_group(pod.pid(f"{stage_id}.pid"))
+        try:
+            launcher.communicate(timeout=10)
+        finally:
+            kill_group(pod.pid(f"{stage_id}.sup"))
+            launcher.kill()  # bwrap, and with it (--die-with-parent) the launcher
+            launcher.communicate(timeout=10)
+
+
+def kill_group(pid: int | None) -> None:
+    """SIGKILL to the process group `pid` leads, if there is one."""
+    if pid:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+@pytest.mark.parametrize(("pod_nonce", "given"), NOT_OUR_POD)
+def test_launcher_starts_nothing_in_a_pod_that_is_not_the_jobs(
+        shell_name: str, pod_nonce: str | None, given: str, tmp_path: Path,
+        busybox_dir: Path) -> None:
+    """With a nonce that is not exactly the pod's, the launcher stores and runs nothing."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, pod_nonce)
+    script = b"echo ran > /runner-driver/ran; echo ran\n"
+    result = pod.run(launcher_argv(len(script), "build-script-1", 0, given), script)
+    parsed = control(result.stderr)
+    assert result.returncode == 3, result.stderr
+    assert (result.stdout, parsed.error, parsed.started, parsed.exit_code) == \
+        (b"", NOT_OURS, False, None)
+    assert parsed.diagnostics == []
+    assert pod.stored() == []
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_launcher_runs_the_stage_in_the_jobs_own_pod(
+        shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
+    """With the pod's own nonce, the launcher runs the script and reports its exit code."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, NONCE)
+    script = b"echo ran > /runner-driver/ran; echo out; echo err >&2; exit 7\n"
+    result = pod.run(launcher_argv(len(script), "build-script-1", 0, NONCE), script)
+    parsed = control(result.stderr)
+    assert result.returncode == 0, result.stderr
+    assert (parsed.started, parsed.exit_code, parsed.error) == (True, 7, "")
+    assert result.stdout == b"out\nerr\n"
+    assert (pod.driver_dir / "ran").read_text() == "ran\n"
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_launcher_shows_a_stages_output_only_to_its_own_job(
+        shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
+    """Following a finished stage with another job's nonce is refused; with ours it replays."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, NONCE)
+    script = b"echo private output\n"
+    assert pod.run(launcher_argv(len(script), "step_1", 0, NONCE), script).returncode == 0
+    other = pod.run(launcher_argv(None, "step_1", 0, OTHER_NONCE))
+    assert (other.returncode, other.stdout, control(other.stderr).error) == (3, b"", NOT_OURS)
+    ours = pod.run(launcher_argv(None, "step_1", 0, NONCE))
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == b"private output\n"
+    assert control(ours.stderr).exit_code == 0
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_stopper_signals_nothing_in_a_pod_that_is_not_the_jobs(
+        shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
+    """A stopper given another job's nonce, or none, leaves the running stage alone."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, NONCE)
+    with sleeping_stage(pod, "build-script-2") as launcher:
+        script_pid = pod.pid("build-script-2.pid")
+        assert script_pid
+        for given in (OTHER_NONCE, "", NONCE.upper(), "*"):
+            # No grace: had it signalled at all, the script would be killed at once.
+            result = pod.run(stopper_argv("build-script-2", given, grace_tenths=0))
+            assert result.returncode == 3, (given, result.stderr)
+            assert result.stderr.decode() == f"runner-driver-stop: {NOT_OURS}\n"
+        time.sleep(0.3)
+        assert alive(script_pid)
+        assert launcher.poll() is None
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_stopper_stops_the_stage_in_the_jobs_own_pod(
+        shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
+    """With the pod's own nonce the stopper ends the stage's process group (TERM: 143)."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, NONCE)
+    with sleeping_stage(pod, "build-script-2") as launcher:
+        script_pid = pod.pid("build-script-2.pid")
+        assert script_pid
+        result = pod.run(stopper_argv("build-script-2", NONCE))
+        assert result.returncode == 0, result.stderr
+        _, err = launcher.communicate(timeout=20)
+        assert control(err).exit_code == 143, err
+        assert not alive(script_pid)
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_pod_sandbox_sees_only_what_it_is_given(
+        shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
+    """The stand-in pod has the nonce the test gives it, and its volumes at the driver's paths."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, NONCE)
+    result = pod.run(["sh", "-c", f'echo "$RUNNER_DRIVER_NONCE" > {RUN_DIR}.probe'])
+    assert result.returncode == 0, result.stderr
+    assert (pod.driver_dir / "run.probe").read_text() == NONCE + "\n"
+    bare = Pod(shell_name, tmp_path, busybox_dir, None)
+    assert bare.run(["sh", "-c", '[ -z "${RUNNER_DRIVER_NONCE+set}" ]']).returncode == 0
 
 
 # --- StageControl: the launcher's control lines -------------------------------------------

@@ -3,8 +3,8 @@ the emulated cluster.
 
 Cluster behaviour goes over the wire (HTTP and websocket exec on 127.0.0.1), failures
 are injected with the emulator's fault API; the `kubernetes` client is never patched.
-Pure helpers (`exit_code`, `_transient`, `_retry_after`, `retrying`, `_handshake_failure`)
-are checked directly.
+Pure helpers (`exit_code`, `is_transient`, `_retry_after`, `_handshake_failure`) are
+checked directly; the backoff policy itself is in test_kube_retry.py.
 """
 
 from __future__ import annotations
@@ -21,18 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
-import tenacity
 import urllib3
 import yaml
 from kubernetes import client
 
-from runner_driver import kube, logs
+from runner_driver import kube
 from runner_driver.emulator import EmulatedCluster
-from runner_driver.errors import ClusterError, ConfigError, PodStartError
-from runner_driver.podstatus import PodState, assess
+from runner_driver.errors import ClusterError, ConfigError
+from runner_driver.kube import errors as kube_errors
+from runner_driver.kube import streams
+from runner_driver.kube.connection import _CALLS
+from runner_driver.podstatus import assess
 from runner_driver.settings import KubernetesSettings
-from tests.conftest import HELPER, HELPER_IDLE, job_pod, wait_for
+from tests.conftest import HELPER, HELPER_IDLE, job_pod, logged, wait_for
 
 # --- connect ------------------------------------------------------------------------
 
@@ -163,9 +164,18 @@ def small_pod(name: str, image: str = HELPER, **spec: Any) -> dict[str, Any]:
                      **spec}}
 
 
+def until_running(kcluster: kube.Cluster, pod: dict[str, Any],
+                  seconds: float = 30.0) -> dict[str, Any]:
+    """Follow the pod with pod_updates until every container runs; the running pod."""
+    for _kind, obj in kcluster.pod_updates(pod, time.monotonic() + seconds):
+        if obj is not None and assess(obj).phase == "running":
+            return obj
+    raise AssertionError(f"pod {pod['metadata']['name']} did not run within {seconds:g}s")
+
+
 def running(kcluster: kube.Cluster, manifest: dict[str, Any]) -> dict[str, Any]:
     """Create a pod and wait until every container runs."""
-    return kcluster.wait_running(kcluster.create_pod(manifest), 30, lambda _state: None)
+    return until_running(kcluster, kcluster.create_pod(manifest))
 
 
 def test_create_pod_then_read_it(kcluster: kube.Cluster, namespace: str) -> None:
@@ -192,18 +202,16 @@ def test_delete_pod_twice_is_true_then_false(kcluster: kube.Cluster) -> None:
     assert kcluster.delete_pod("p1") is False
 
 
-def test_create_pod_replaces_a_leftover_of_the_same_name(kcluster: kube.Cluster,
-                                                         core: client.CoreV1Api,
-                                                         namespace: str) -> None:
-    """A 409 on create deletes the leftover, waits for it to go and creates the pod anew."""
+def test_create_pod_of_a_taken_name_is_a_conflict(kcluster: kube.Cluster,
+                                                   namespace: str) -> None:
+    """create_pod on a name in use fails with 409, leaving the pod there alone."""
     first = kcluster.create_pod(small_pod("p1"))
-    manifest = small_pod("p1")
-    manifest["metadata"]["labels"] = {"attempt": "second"}
-    second = kcluster.create_pod(manifest)
-    assert second["metadata"]["uid"] != first["metadata"]["uid"]
-    stored = core.read_namespaced_pod("p1", namespace)
-    assert stored.metadata.uid == second["metadata"]["uid"]
-    assert stored.metadata.labels == {"attempt": "second"}
+    with pytest.raises(ClusterError) as raised:
+        kcluster.create_pod(small_pod("p1"))
+    assert raised.value.status == 409 and not raised.value.transient
+    assert str(raised.value).startswith(f"creating pod {namespace}/p1: 409")
+    stored = kcluster.read_pod("p1")
+    assert stored is not None and stored["metadata"]["uid"] == first["metadata"]["uid"]
 
 
 def test_api_error_names_action_object_status_and_server_message(
@@ -233,23 +241,6 @@ def test_invalid_manifest_is_a_422_with_the_servers_message(kcluster: kube.Clust
 
 
 # --- retries over the wire ------------------------------------------------------------
-
-
-@pytest.fixture
-def retry_log() -> Iterator[io.StringIO]:
-    """Driver log lines (JSON, warning and up) captured in memory; structlog reset after."""
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-    stream = io.StringIO()
-    logs.configure("warning", "json", stream=stream)
-    yield stream
-    structlog.reset_defaults()
-    structlog.contextvars.clear_contextvars()
-
-
-def logged(stream: io.StringIO) -> list[dict[str, Any]]:
-    """The JSON log events written so far."""
-    return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
 def spent(emulated: EmulatedCluster, before: dict[str, int]) -> dict[str, int]:
@@ -598,7 +589,7 @@ def test_exec_stream_sends_stdin_larger_than_one_chunk_whole(kcluster: kube.Clus
                                                              job: str) -> None:
     """stdin of several chunks arrives whole and in order; success is exit code 0."""
     lines = b"".join(b"echo line-%d\n" % i for i in range(8000))
-    assert len(lines) > 2 * kube.STDIN_CHUNK
+    assert len(lines) > 2 * streams.STDIN_CHUNK
     out, err = bytearray(), bytearray()
     # Stdin is never closed (as in the driver): the reader takes exactly n bytes.
     status = kcluster.exec_stream(job, "helper",
@@ -660,108 +651,10 @@ def test_run_quiet_returns_code_and_combined_output(kcluster: kube.Cluster, job:
     assert kcluster.run_quiet(job, "build", ["/busybox/true"], timeout=10) == (0, b"")
 
 
-# --- waiting for pods -----------------------------------------------------------------
+# --- following a pod ------------------------------------------------------------------
 
 
-def test_wait_running_returns_the_running_pod_and_reports_progress(
-        kcluster: kube.Cluster) -> None:
-    """wait_running returns once every container runs, having reported the states it saw."""
-    states: list[PodState] = []
-    created = kcluster.create_pod(job_pod("job", terminationGracePeriodSeconds=1))
-    pod = kcluster.wait_running(created, 30, states.append)
-    assert pod["status"]["phase"] == "Running"
-    assert {s["name"] for s in pod["status"]["containerStatuses"]
-            if "running" in s["state"]} == {"helper", "build"}
-    assert states and states[0].phase == "starting"
-
-
-def test_wait_running_fails_fast_naming_an_unpullable_image(kcluster: kube.Cluster) -> None:
-    """A pod whose image cannot be pulled fails at once, naming the image and the reason."""
-    image = "registry.invalid/nope/kaniko:v1-debug"
-    created = kcluster.create_pod(small_pod("p1", image=image))
-    started = time.monotonic()
-    with pytest.raises(PodStartError) as raised:
-        kcluster.wait_running(created, 60, lambda _state: None)
-    assert time.monotonic() - started < 10
-    message = str(raised.value)
-    assert image in message and "ErrImagePull" in message
-
-
-def test_wait_running_times_out_on_an_unschedulable_pod_saying_why(
-        kcluster: kube.Cluster, namespace: str) -> None:
-    """A pod nothing can schedule fails after the timeout with the scheduler's reason."""
-    created = kcluster.create_pod(small_pod("p1", nodeSelector={"no-such-label": "x"}))
-    started = time.monotonic()
-    with pytest.raises(PodStartError) as raised:
-        kcluster.wait_running(created, 1.0, lambda _state: None)
-    elapsed = time.monotonic() - started
-    message = str(raised.value)
-    assert message.startswith(f"pod {namespace}/p1 did not start within 1s: ")
-    assert "not scheduled" in message
-    assert "didn't match Pod's node affinity/selector" in message
-    assert 0.9 <= elapsed < 8
-
-
-def test_wait_running_reports_a_pod_deleted_while_starting(kcluster: kube.Cluster) -> None:
-    """A pod deleted during the wait stops the wait with a PodStartError saying so."""
-    created = kcluster.create_pod(small_pod("p1", nodeSelector={"no-such-label": "x"}))
-    states: list[PodState] = []
-
-    def delete_on_first(state: PodState) -> None:
-        states.append(state)
-        if len(states) == 1:
-            kcluster.delete_pod("p1", grace_seconds=0)
-
-    started = time.monotonic()
-    with pytest.raises(PodStartError) as raised:
-        kcluster.wait_running(created, 20, delete_on_first)
-    assert time.monotonic() - started < 10
-    assert re.search(r"pod (\S+/)?p1 (is being deleted|was deleted while it was starting)",
-                     str(raised.value)), str(raised.value)
-
-
-def hungry_pod(name: str) -> dict[str, Any]:
-    """A pod asking for more CPU than any node has: the scheduler says Insufficient cpu."""
-    manifest = small_pod(name)
-    manifest["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1000"}}
-    return manifest
-
-
-def test_unschedulable_pod_fails_after_the_unschedulable_timeout(
-        kcluster: kube.Cluster, namespace: str) -> None:
-    """A pod no node fits fails after unschedulable_timeout, not the longer start timeout."""
-    created = kcluster.create_pod(hungry_pod("p1"))
-    states: list[PodState] = []
-    started = time.monotonic()
-    with pytest.raises(PodStartError) as raised:
-        kcluster.wait_running(created, 60, states.append, unschedulable_timeout=1.0)
-    elapsed = time.monotonic() - started
-    message = str(raised.value)
-    assert message.startswith(f"pod {namespace}/p1 did not start within 1s: "
-                              "pod p1 is not scheduled: Unschedulable: ")
-    assert "0/1 nodes are available: 1 Insufficient cpu" in message
-    assert 0.9 <= elapsed < 5
-    assert any(state.unschedulable for state in states)
-
-
-def test_the_start_timeout_still_bounds_an_unschedulable_pod(kcluster: kube.Cluster) -> None:
-    """With a longer unschedulable_timeout, the smaller start timeout applies."""
-    created = kcluster.create_pod(hungry_pod("p1"))
-    started = time.monotonic()
-    with pytest.raises(PodStartError, match=r"did not start within 1s: .*Insufficient cpu"):
-        kcluster.wait_running(created, 1.0, lambda _state: None, unschedulable_timeout=30)
-    assert time.monotonic() - started < 5
-
-
-def test_unschedulable_timeout_does_not_bound_a_pod_that_gets_scheduled(
-        kcluster: kube.Cluster) -> None:
-    """A schedulable pod is not cut short by a tiny unschedulable_timeout."""
-    created = kcluster.create_pod(job_pod("job", terminationGracePeriodSeconds=1))
-    pod = kcluster.wait_running(created, 30, lambda _state: None, unschedulable_timeout=0.001)
-    assert pod["status"]["phase"] == "Running"
-
-
-def test_wait_running_survives_a_compacted_history(
+def test_pod_updates_survive_a_compacted_history(
         kcluster: kube.Cluster, cluster: EmulatedCluster, core: client.CoreV1Api,
         namespace: str) -> None:
     """A watch from a compacted resource version (410 Gone) re-lists the pod and goes on."""
@@ -769,15 +662,15 @@ def test_wait_running_survives_a_compacted_history(
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "newer"}})
     cluster.compact()  # the pod's resource version is now older than the history kept
     before = cluster.request_counts()
-    pod = kcluster.wait_running(created, 30, lambda _state: None)
+    pod = until_running(kcluster, created)
     assert pod["status"]["phase"] == "Running"
     assert spent(cluster, before).get("list pods", 0) >= 1
 
 
-def test_a_compacted_history_does_not_make_the_wait_spin(
+def test_a_compacted_history_does_not_make_the_updates_spin(
         kcluster: kube.Cluster, cluster: EmulatedCluster, core: client.CoreV1Api,
         namespace: str) -> None:
-    """After a 410 on a pod that does not change, the wait resumes with a few requests."""
+    """After a 410 on a pod that does not change, following it takes a few requests."""
     created = kcluster.create_pod(hungry_pod("p1"))
     wait_for(lambda: assess(kcluster.read_pod("p1") or {}).unschedulable, timeout=10,
              what="the pod to be unschedulable")
@@ -786,19 +679,19 @@ def test_a_compacted_history_does_not_make_the_wait_spin(
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "newer"}})
     cluster.compact()
     before = cluster.request_counts()
-    with pytest.raises(PodStartError):
-        kcluster.wait_running(pod, 30, lambda _state: None, unschedulable_timeout=1.0)
+    for _kind, obj in kcluster.pod_updates(pod, time.monotonic() + 1.0):
+        assert obj is not None
     assert spent(cluster, before).get("watch pods", 0) <= 5
 
 
-def test_wait_running_survives_failed_watch_requests(
+def test_pod_updates_survive_failed_watch_requests(
         kcluster: kube.Cluster, faults: EmulatedCluster, namespace: str,
         retry_log: io.StringIO) -> None:
     """A watch request that fails with 503 is reopened with backoff, each retry logged."""
     created = kcluster.create_pod(job_pod("job", terminationGracePeriodSeconds=1))
     faults.fail_requests("GET", f"^/api/v1/namespaces/{namespace}/pods$", 2, 503)
     before = faults.request_counts()
-    pod = kcluster.wait_running(created, 30, lambda _state: None)
+    pod = until_running(kcluster, created)
     assert pod["status"]["phase"] == "Running"
     assert spent(faults, before)["watch pods"] >= 3
     events = logged(retry_log)
@@ -809,26 +702,33 @@ def test_wait_running_survives_failed_watch_requests(
         assert "503" in event["error"]
 
 
-def test_wait_running_survives_a_reset_watch(kcluster: kube.Cluster,
-                                             faults: EmulatedCluster, namespace: str) -> None:
+def test_pod_updates_survive_a_reset_watch(kcluster: kube.Cluster,
+                                           faults: EmulatedCluster, namespace: str) -> None:
     """A watch connection the server drops is reopened."""
     created = kcluster.create_pod(job_pod("job", terminationGracePeriodSeconds=1))
     faults.fail_requests("GET", f"^/api/v1/namespaces/{namespace}/pods$", 1, reset=True)
-    pod = kcluster.wait_running(created, 30, lambda _state: None)
+    pod = until_running(kcluster, created)
     assert pod["status"]["phase"] == "Running"
 
 
 def test_a_refused_watch_is_not_retried(kcluster: kube.Cluster, faults: EmulatedCluster,
                                         namespace: str) -> None:
-    """A watch answered 403 fails the wait at once, after one request."""
+    """A watch answered 403 ends the updates at once, after one request."""
     created = kcluster.create_pod(small_pod("p1"))
     faults.fail_requests("GET", f"^/api/v1/namespaces/{namespace}/pods$", 1, 403)
     before = faults.request_counts()
     with pytest.raises(ClusterError) as raised:
-        kcluster.wait_running(created, 30, lambda _state: None)
+        list(kcluster.pod_updates(created, time.monotonic() + 30))
     assert raised.value.status == 403
     assert str(raised.value).startswith(f"watching pod {namespace}/p1: 403")
     assert spent(faults, before) == {"watch pods": 1}
+
+
+def hungry_pod(name: str) -> dict[str, Any]:
+    """A pod asking for more CPU than any node has: the scheduler says Insufficient cpu."""
+    manifest = small_pod(name)
+    manifest["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1000"}}
+    return manifest
 
 
 def test_wait_gone_follows_a_deletion(kcluster: kube.Cluster) -> None:
@@ -917,12 +817,12 @@ def test_exit_code_of_unreadable_status_is_a_cluster_error() -> None:
 ])
 def test_transient_classification(status: int | None, text: str, transient: bool) -> None:
     """Connection errors, 429, 5xx and GitLab's retried messages are transient; other 4xx not."""
-    assert kube._transient(status, text) is transient
+    assert kube_errors.is_transient(status, text) is transient
 
 
 def test_every_transient_message_is_lowercase() -> None:
     """The message list is matched against lowercased text, so its entries are lowercase."""
-    assert all(phrase == phrase.lower() for phrase in kube.TRANSIENT_MESSAGES)
+    assert all(phrase == phrase.lower() for phrase in kube_errors.TRANSIENT_MESSAGES)
 
 
 @pytest.mark.parametrize(("headers", "seconds"), [
@@ -930,7 +830,7 @@ def test_every_transient_message_is_lowercase() -> None:
     pytest.param({"Retry-After": "0.5"}, 0.5, id="fraction"),
     pytest.param({"Retry-After": "0"}, 0.0, id="zero"),
     pytest.param({"Retry-After": "-4"}, 0.0, id="negative-is-zero"),
-    pytest.param({"Retry-After": "3600"}, kube.RETRY_AFTER_MAX, id="capped"),
+    pytest.param({"Retry-After": "3600"}, kube_errors.RETRY_AFTER_MAX, id="capped"),
     pytest.param(urllib3.HTTPHeaderDict({"retry-after": "2"}), 2.0, id="any-case"),
     pytest.param({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, None, id="http-date"),
     pytest.param({"Retry-After": "soon"}, None, id="garbage"),
@@ -942,7 +842,7 @@ def test_every_transient_message_is_lowercase() -> None:
 ])
 def test_retry_after_header_parsing(headers: Any, seconds: float | None) -> None:
     """Retry-After delta-seconds are read and clamped to [0, RETRY_AFTER_MAX]; else None."""
-    assert kube._retry_after(headers) == seconds
+    assert kube_errors._retry_after(headers) == seconds
 
 
 def test_api_error_marks_transport_failures_transient() -> None:
@@ -953,83 +853,11 @@ def test_api_error_marks_transport_failures_transient() -> None:
     assert not kube.api_error("reading pod ns/p", ValueError("bad data")).transient
 
 
-class Flaky:
-    """A callable failing with the given errors in turn, then returning "done"."""
-
-    def __init__(self, *errors: Exception) -> None:
-        self.errors = list(errors)
-        self.calls = 0
-
-    def __call__(self) -> str:
-        self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
-        return "done"
-
-
-def test_retrying_retries_transient_errors_only(retry_log: io.StringIO) -> None:
-    """Transient ClusterErrors are retried until the call succeeds; each retry is logged."""
-    flaky = Flaky(ClusterError("a", transient=True))
-    assert kube.retrying("doing x", 10.0)(flaky) == "done"
-    assert flaky.calls == 2
-    assert [(e["attempt"], e["action"], e["error"]) for e in logged(retry_log)] == [
-        (1, "doing x", "a")]
-
-
-@pytest.mark.parametrize("error", [
-    pytest.param(ClusterError("refused", status=403), id="non-transient-cluster-error"),
-    pytest.param(ValueError("a bug"), id="other-exception"),
-])
-def test_retrying_raises_anything_else_at_once(error: Exception,
-                                               retry_log: io.StringIO) -> None:
-    """Non-transient errors and other exceptions go up unchanged after one call, unlogged."""
-    flaky = Flaky(error)
-    with pytest.raises(type(error)) as raised:
-        kube.retrying("doing x", 10.0)(flaky)
-    assert raised.value is error and flaky.calls == 1
-    assert logged(retry_log) == []
-
-
-def test_retrying_stops_before_the_budget_with_the_last_error() -> None:
-    """Within `budget` seconds the policy gives up, raising the last error itself."""
-    errors = [ClusterError(f"attempt {n}", transient=True) for n in range(1, 100)]
-    flaky = Flaky(*errors)
-    started = time.monotonic()
-    with pytest.raises(ClusterError) as raised:
-        kube.retrying("doing x", 0.5)(flaky)
-    assert time.monotonic() - started < 0.5 + 0.4  # the last call and a late wake-up
-    assert flaky.calls >= 2
-    assert str(raised.value) == f"attempt {flaky.calls}"
-
-
-def test_retrying_waits_at_least_retry_after() -> None:
-    """A transient error carrying retry_after is retried no sooner than that."""
-    flaky = Flaky(ClusterError("slow down", status=429, transient=True, retry_after=0.5))
-    started = time.monotonic()
-    assert kube.retrying("doing x", 10.0)(flaky) == "done"
-    assert time.monotonic() - started >= 0.5
-
-
-def test_backoff_grows_from_a_fifth_of_a_second_to_five_seconds() -> None:
-    """Waits between retries double from ~0.2 s and never exceed 5 s (plus jitter)."""
-    retrying = kube.retrying("doing x", 1000.0)
-    waits: list[float] = []
-    for attempt in range(1, 12):
-        state = tenacity.RetryCallState(retrying, fn=None, args=(), kwargs={})
-        state.attempt_number = attempt
-        state.set_exception((ClusterError, ClusterError("x", transient=True), None))
-        waits.append(float(retrying.wait(state)))
-    assert 0.2 <= waits[0] <= 0.4
-    assert waits[2] >= 0.8
-    assert all(wait <= 5.0 + 0.2 for wait in waits)
-    assert waits[-1] >= 4.0
-
-
 def test_handshake_failure_reads_status_and_server_message() -> None:
     """The websocket client's handshake text yields the HTTP status and the Status message."""
     reason = ("Handshake status 404 Not Found -+-+- {'content-type': 'application/json'} "
               "-+-+- b'{\"kind\":\"Status\",\"message\":\"pods \\\\\"x\\\\\" not found\"}'")
-    assert kube._handshake_failure(reason) == (404, 'pods "x" not found')
+    assert kube_errors._handshake_failure(reason) == (404, 'pods "x" not found')
 
 
 def test_handshake_failure_reads_a_body_shown_as_text() -> None:
@@ -1037,15 +865,16 @@ def test_handshake_failure_reads_a_body_shown_as_text() -> None:
     body = json.dumps({"kind": "Status", "message": "container nope is not valid for pod job"})
     reason = ("Handshake status 400 Bad Request -+-+- {'content-type': 'application/json'} "
               f"-+-+- {body}")
-    assert kube._handshake_failure(reason) == (400, "container nope is not valid for pod job")
+    assert kube_errors._handshake_failure(reason) == (
+        400, "container nope is not valid for pod job")
 
 
 def test_handshake_failure_without_a_body_or_status() -> None:
     """Without a Status body the message is empty; without a status the raw text is kept."""
-    assert kube._handshake_failure("Handshake status 502 Bad Gateway") == (502, "")
-    assert kube._handshake_failure(
+    assert kube_errors._handshake_failure("Handshake status 502 Bad Gateway") == (502, "")
+    assert kube_errors._handshake_failure(
         "Handshake status 500 -+-+- {} -+-+- b'not json'") == (500, "")
-    assert kube._handshake_failure("connection reset") == (None, "connection reset")
+    assert kube_errors._handshake_failure("connection reset") == (None, "connection reset")
 
 
 def test_api_error_keeps_plain_exceptions_after_the_action() -> None:
@@ -1150,12 +979,13 @@ def test_warm_up_builds_the_call_validators_without_a_request(
     """warm_up leaves every API call the stages use ready, and sends nothing."""
     probe = (
         "import sys\nfrom kubernetes import client\nfrom runner_driver import kube\n"
+        "from runner_driver.kube.connection import _CALLS\n"
         "from runner_driver.settings import KubernetesSettings\n"
         "def ready():\n"
         "    # pydantic's validate_call keeps its state in the wrapper's closure.\n"
         "    return [all(c.cell_contents.__self__.__pydantic_complete__\n"
         "                for c in getattr(client.CoreV1Api, n).__closure__ or ()\n"
-        "                if hasattr(c.cell_contents, '__self__')) for n in kube._CALLS]\n"
+        "                if hasattr(c.cell_contents, '__self__')) for n in _CALLS]\n"
         "connection = kube.connect(KubernetesSettings(kubeconfig=sys.argv[1]), 'test')\n"
         "print(ready())\nkube.warm_up(connection)\nprint(ready())\n")
     before = cluster.request_counts()
@@ -1163,5 +993,5 @@ def test_warm_up_builds_the_call_validators_without_a_request(
                             text=True, timeout=60, check=True)
     assert cluster.request_counts() == before
     cold, warm = result.stdout.splitlines()
-    assert cold == str([False] * len(kube._CALLS))
-    assert warm == str([True] * len(kube._CALLS))
+    assert cold == str([False] * len(_CALLS))
+    assert warm == str([True] * len(_CALLS))

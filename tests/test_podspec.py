@@ -1,35 +1,48 @@
-"""The job pod as a plain manifest: name, labels, image policy, privileges, volumes, deadline."""
+"""The job pod as a plain manifest: name, labels, identity, image policy, privileges, volumes,
+deadline."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 
 from runner_driver import __version__
-from runner_driver.errors import JobFailed
+from runner_driver.errors import ConfigError, JobFailed
 from runner_driver.inpod import LOG_DIR
 from runner_driver.podspec import (
+    JOB_LABEL,
     MANAGED_SELECTOR,
+    MANAGER_LABEL,
+    NONCE_ENV,
+    NONCE_LABEL,
+    PROJECT_LABEL,
     active_deadline_seconds,
     build_image,
     build_pod,
     job_timeout_seconds,
     labels,
+    leftover_of,
+    manager_label,
+    manager_selector,
+    pod_annotations,
     pod_name,
     resources,
 )
-from runner_driver.runner_env import JobContext
+from runner_driver.runner_env import DISPLAY_LIMIT, JobContext, new_nonce
 from runner_driver.settings import (
     DEFAULT_ALLOWED_IMAGES,
     KANIKO_DEBUG_IMAGE,
     BuildSettings,
     HelperSettings,
+    ManagerSettings,
     PodSettings,
     Settings,
 )
@@ -39,24 +52,35 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+HEX32 = re.compile(r"[0-9a-f]{32}")
 K8S_VERSION: str = kubernetes_validate.latest_version()
 K8S_MINOR = ".".join(K8S_VERSION.split(".")[:2])
+# The largest id GitLab can send (int64), which the payload reader accepts.
+MAX_ID = str(2**63 - 1)
 
+NONCE = "0123456789abcdef0123456789abcdef"
+MANAGER = "ci-manager-1"
+# sha256("ci-manager-1")[:8]: the manager part of every pod name under SETTINGS.
+MANAGER_HASH = "ac4b8e4e"
 BASE_JOB = JobContext(
     job_id="1234",
     project_id="42",
+    timeout_seconds=None,
+    nonce=NONCE,
+    tmpdir="/tmp/runner-job-1234",
     pipeline_id="777",
     runner_id="9",
     runner_short_token="abc123xy",
     project_path="group/app",
     job_image="",
     services=(),
-    timeout_seconds=None,
     pod_name_from_config="",
     namespace_from_config="",
     secrets=(),
 )
 
+# The settings of a started command: `resolve_manager` has filled in the manager's id.
+SETTINGS = Settings(manager=ManagerSettings(id=MANAGER))
 CUSTOM = Settings(
     pod=PodSettings(builds_dir="/work/builds", cache_dir="/work/cache",
                     scratch_dir="/var/scratch", termination_grace_period_seconds=30,
@@ -64,6 +88,7 @@ CUSTOM = Settings(
     build=BuildSettings(image="registry.example.com/kaniko:debug",
                         allowed_images=("registry.example.com/kaniko:*",)),
     helper=HelperSettings(image="registry.example.com/gitlab-runner-helper:v17.0.0"),
+    manager=ManagerSettings(id="ci-manager-2"),
 )
 
 
@@ -72,30 +97,43 @@ def make_job(**changes: Any) -> JobContext:
     return replace(BASE_JOB, **changes)
 
 
-# Jobs whose identity is awkward for Kubernetes names and labels.
-TRICKY_JOBS = [
-    pytest.param(make_job(), id="plain"),
-    pytest.param(make_job(runner_short_token="AbCdEf12"), id="uppercase-token"),
-    pytest.param(make_job(runner_short_token="t1_abc.de"), id="underscore-dot-token"),
-    pytest.param(make_job(runner_short_token="-ab_"), id="punctuation-edges-token"),
-    pytest.param(make_job(runner_short_token="_.-"), id="punctuation-only-token"),
-    pytest.param(make_job(runner_short_token="X" * 64), id="64-char-token"),
-    pytest.param(make_job(runner_short_token=""), id="empty-token"),
-    pytest.param(make_job(job_id="9" * 40, project_id="8" * 40, pipeline_id="7" * 70,
-                          runner_id="6" * 70), id="very-long-ids"),
-    pytest.param(make_job(runner_short_token="Z" * 64, job_id="1" * 80, project_id="2" * 80),
-                 id="long-token-and-ids"),
+def with_manager(manager: str, settings: Settings = SETTINGS) -> Settings:
+    """`settings` for the runner manager `manager`."""
+    return replace(settings, manager=ManagerSettings(id=manager))
+
+
+# Settings and jobs whose identity is awkward for Kubernetes names and labels. Host names
+# (the default manager id) are not validated like `[manager] id` from the file is.
+TRICKY = [
+    pytest.param(SETTINGS, make_job(), id="plain"),
+    pytest.param(with_manager("CI-Host.Example_1"), make_job(), id="mixed-case-manager"),
+    pytest.param(with_manager("-ab_"), make_job(), id="punctuation-edges-manager"),
+    pytest.param(with_manager("_.-"), make_job(), id="punctuation-only-manager"),
+    pytest.param(with_manager("h" * 64), make_job(), id="64-char-manager"),
+    pytest.param(with_manager("build-host.very-long-subdomain.example.com." * 3), make_job(),
+                 id="fqdn-over-63-manager"),
+    pytest.param(SETTINGS, make_job(job_id=MAX_ID, project_id=MAX_ID), id="max-int64-ids"),
+    pytest.param(SETTINGS, make_job(job_id="9" * 40, project_id="8" * 40, pipeline_id="7" * 70,
+                                    runner_id="6" * 70), id="very-long-ids"),
+    pytest.param(with_manager("Z" * 64), make_job(job_id="1" * 80, project_id="2" * 80),
+                 id="long-manager-and-ids"),
 ]
 
 
-def env_of(container: dict[str, Any]) -> dict[str, str]:
-    """A container's env list as a mapping."""
-    return {item["name"]: item["value"] for item in container["env"]}
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    """A container's env list as a mapping: a literal's value, else its `valueFrom`."""
+    return {item["name"]: item["value"] if "value" in item else item["valueFrom"]
+            for item in container["env"]}
 
 
 def containers(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The manifest's containers by name."""
     return {c["name"]: c for c in manifest["spec"]["containers"]}
+
+
+def selector_pairs(selector: str) -> dict[str, str]:
+    """An equality-only label selector (`k=v,k2=v2`) as a mapping."""
+    return dict(term.split("=", 1) for term in selector.split(","))
 
 
 # The whole manifest.
@@ -118,22 +156,25 @@ def test_representative_job_manifest_is_exact() -> None:
               {"name": "scratch", "mountPath": "/scratch"},
               {"name": "driver", "mountPath": "/runner-driver"},
               {"name": "driver-logs", "mountPath": "/runner-driver-logs"}]
+    nonce_env = {"name": "RUNNER_DRIVER_NONCE",
+                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['runner-driver/nonce']"}}}
     expected = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": "runner-abc123xy-project-42-job-1234",
+            "name": f"runner-{MANAGER_HASH}-project-42-job-1234",
             "labels": {
                 "app.kubernetes.io/managed-by": "runner-driver",
                 "app.kubernetes.io/component": "ci-job",
                 "runner-driver/job-id": "1234",
                 "runner-driver/project-id": "42",
-                "runner-driver/pipeline-id": "777",
-                "runner-driver/runner-id": "9",
-                "runner-driver/runner-token": "abc123xy",
+                "runner-driver/manager": "ci-manager-1",
+                "runner-driver/nonce": NONCE,
             },
             "annotations": {"runner-driver/version": __version__,
-                            "runner-driver/project-path": "group/app"},
+                            "runner-driver/claimed-project-path": "group/app",
+                            "runner-driver/claimed-pipeline-id": "777",
+                            "runner-driver/claimed-runner-id": "9"},
         },
         "spec": {
             "restartPolicy": "Never",
@@ -158,7 +199,8 @@ def test_representative_job_manifest_is_exact() -> None:
                     "env": [{"name": "PATH",
                              "value": "/runner-driver/bin:/usr/local/sbin:/usr/local/bin:"
                                       "/usr/sbin:/usr/bin:/sbin:/bin"},
-                            {"name": "TMPDIR", "value": "/scratch"}],
+                            {"name": "TMPDIR", "value": "/scratch"},
+                            nonce_env],
                     "resources": {},
                     "securityContext": security,
                     "volumeMounts": mounts,
@@ -169,7 +211,8 @@ def test_representative_job_manifest_is_exact() -> None:
                     "command": ["/busybox/sh", "-c",
                                 "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"],
                     "env": [{"name": "container", "value": "kube"},
-                            {"name": "TMPDIR", "value": "/scratch"}],
+                            {"name": "TMPDIR", "value": "/scratch"},
+                            nonce_env],
                     "resources": {},
                     "securityContext": security,
                     "volumeMounts": mounts,
@@ -177,17 +220,18 @@ def test_representative_job_manifest_is_exact() -> None:
             ],
         },
     }
-    assert build_pod(Settings(), job) == expected
+    assert build_pod(SETTINGS, job) == expected
 
 
 @pytest.mark.parametrize(("settings", "job"), [
-    pytest.param(Settings(), make_job(), id="defaults"),
-    pytest.param(Settings(), make_job(job_image="martizih/kaniko:debug", timeout_seconds=60),
+    pytest.param(SETTINGS, make_job(), id="defaults"),
+    pytest.param(SETTINGS, make_job(job_image="martizih/kaniko:debug", timeout_seconds=60),
                  id="job-image-and-timeout"),
-    pytest.param(Settings(), make_job(pipeline_id="", runner_id="", runner_short_token="",
-                                      project_path=""), id="minimal-job"),
-    pytest.param(Settings(), make_job(pod_name_from_config="runner-from-config-1"),
+    pytest.param(SETTINGS, make_job(pipeline_id="", runner_id="", runner_short_token="",
+                                    project_path=""), id="minimal-job"),
+    pytest.param(SETTINGS, make_job(pod_name_from_config="runner-from-config-1"),
                  id="name-from-config"),
+    pytest.param(Settings(), make_job(), id="unresolved-manager"),
     pytest.param(CUSTOM, make_job(job_image="registry.example.com/kaniko:1.2"),
                  id="custom-settings"),
 ])
@@ -198,16 +242,17 @@ def test_manifest_validates_against_kubernetes_schema(settings: Settings,
     assert kubernetes_validate.validate(manifest, K8S_VERSION, strict=True) == K8S_MINOR
 
 
-@pytest.mark.parametrize("job", TRICKY_JOBS)
-def test_tricky_job_manifest_validates_against_kubernetes_schema(job: JobContext) -> None:
-    """Awkward tokens and ids still give a strictly valid v1 Pod."""
-    manifest = build_pod(Settings(), job)
+@pytest.mark.parametrize(("settings", "job"), TRICKY)
+def test_tricky_job_manifest_validates_against_kubernetes_schema(settings: Settings,
+                                                                 job: JobContext) -> None:
+    """Awkward manager ids and long ids still give a strictly valid v1 Pod."""
+    manifest = build_pod(settings, job)
     assert kubernetes_validate.validate(manifest, K8S_VERSION, strict=True) == K8S_MINOR
 
 
 def test_schema_validation_catches_a_misspelt_field() -> None:
     """The strict schema check has teeth: an unknown pod field is refused."""
-    manifest = build_pod(Settings(), make_job())
+    manifest = build_pod(SETTINGS, make_job())
     manifest["spec"]["restartPolicyy"] = "Never"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
@@ -216,82 +261,147 @@ def test_schema_validation_catches_a_misspelt_field() -> None:
 # Pod name.
 
 
+def test_pod_name_is_manager_hash_project_and_job() -> None:
+    """The name is `runner-<sha256(manager id)[:8]>-project-<project id>-job-<job id>`."""
+    digest = hashlib.sha256(MANAGER.encode()).hexdigest()[:8]
+    assert digest == MANAGER_HASH
+    assert pod_name(SETTINGS, make_job(project_id="42", job_id="1234")) == \
+        f"runner-{MANAGER_HASH}-project-42-job-1234"
+    assert pod_name(CUSTOM, make_job(project_id="7", job_id="8")) == \
+        f"runner-{hashlib.sha256(b'ci-manager-2').hexdigest()[:8]}-project-7-job-8"
+
+
 def test_pod_name_is_deterministic() -> None:
-    """Equal jobs get the same name, call after call."""
-    job = make_job(runner_short_token="T1_Mixed.Case")
-    names = {pod_name(job), pod_name(job), pod_name(make_job(runner_short_token="T1_Mixed.Case"))}
+    """Equal settings and jobs get the same name, call after call."""
+    job = make_job(job_id="5150", project_id="77")
+    names = {pod_name(SETTINGS, job), pod_name(SETTINGS, job),
+             pod_name(with_manager(MANAGER), make_job(job_id="5150", project_id="77"))}
     assert len(names) == 1
 
 
-@pytest.mark.parametrize("job", TRICKY_JOBS)
-def test_pod_name_is_a_dns_label(job: JobContext) -> None:
+@pytest.mark.parametrize(("settings", "job"), TRICKY)
+def test_pod_name_is_a_dns_label(settings: Settings, job: JobContext) -> None:
     """The name is a DNS-1123 label (it becomes the pod's hostname), whatever the ids."""
-    name = pod_name(job)
+    name = pod_name(settings, job)
     assert DNS_LABEL.fullmatch(name), name
     assert len(name) <= 63, name
+
+
+def test_pod_name_of_exactly_63_characters_stays_readable() -> None:
+    """A readable name of exactly 63 characters is used as it is, unshortened."""
+    job = make_job(project_id="1" * 17, job_id="2" * 17)
+    expected = f"runner-{MANAGER_HASH}-project-{'1' * 17}-job-{'2' * 17}"
+    assert len(expected) == 63
+    assert pod_name(SETTINGS, job) == expected
+
+
+def test_pod_name_over_63_characters_is_shortened_with_a_hash() -> None:
+    """A longer name keeps its readable start and ends in 10 hex chars of its full form."""
+    job = make_job(project_id="1" * 17, job_id="2" * 18)
+    readable = f"runner-{MANAGER_HASH}-project-{'1' * 17}-job-{'2' * 18}"
+    assert len(readable) == 64
+    name = pod_name(SETTINGS, job)
+    digest = hashlib.sha256(readable.encode()).hexdigest()[:10]
+    assert len(name) <= 63 and DNS_LABEL.fullmatch(name), name
+    assert name.endswith(f"-{digest}")
+    assert name.startswith(f"runner-{MANAGER_HASH}-project-111")
+    assert name == f"{readable[:52].rstrip('-')}-{digest}"
+
+
+def test_pod_name_of_the_largest_ids_fits() -> None:
+    """The largest job and project ids GitLab can send still give a name of at most 63."""
+    name = pod_name(SETTINGS, make_job(job_id=MAX_ID, project_id=MAX_ID))
+    assert len(name) <= 63 and DNS_LABEL.fullmatch(name), name
+    assert name.startswith(f"runner-{MANAGER_HASH}-project-")
+    assert name != pod_name(SETTINGS, make_job(job_id=str(2**63 - 2), project_id=MAX_ID))
 
 
 @pytest.mark.parametrize(("first", "second"), [
     pytest.param(make_job(job_id="1"), make_job(job_id="2"), id="job-id"),
     pytest.param(make_job(project_id="1"), make_job(project_id="2"), id="project-id"),
-    pytest.param(make_job(runner_short_token="AbC"), make_job(runner_short_token="abc"),
-                 id="token-case"),
-    pytest.param(make_job(runner_short_token="a_b"), make_job(runner_short_token="a.b"),
-                 id="token-punctuation"),
-    pytest.param(make_job(runner_short_token="a_b"), make_job(runner_short_token="a-b"),
-                 id="token-sanitised-vs-readable"),
     pytest.param(make_job(job_id="1" * 80 + "1"), make_job(job_id="1" * 80 + "2"),
                  id="long-job-id-differing-past-truncation"),
-    pytest.param(make_job(runner_short_token="", project_id="1", job_id="23"),
-                 make_job(runner_short_token="", project_id="12", job_id="3"),
-                 id="empty-token-shifted-ids"),
+    pytest.param(make_job(project_id="1" * 40, job_id="2" * 40 + "3"),
+                 make_job(project_id="1" * 40, job_id="2" * 40 + "4"),
+                 id="long-ids-differing-at-the-end"),
+    pytest.param(make_job(project_id="1", job_id="23"), make_job(project_id="12", job_id="3"),
+                 id="shifted-ids"),
 ])
 def test_pod_name_differs_between_jobs(first: JobContext, second: JobContext) -> None:
-    """Jobs that differ in job id, project id or exact token never share a pod name."""
-    assert pod_name(first) != pod_name(second)
+    """Jobs that differ in job id or project id never share a pod name."""
+    assert pod_name(SETTINGS, first) != pod_name(SETTINGS, second)
 
 
-def test_pod_name_is_readable_for_a_lowercase_token() -> None:
-    """A lowercase alphanumeric token gives `runner-<token>-project-<p>-job-<j>`."""
-    assert pod_name(make_job(runner_short_token="ab12cd34", project_id="42",
-                             job_id="1234")) == "runner-ab12cd34-project-42-job-1234"
+@pytest.mark.parametrize(("first", "second"), [
+    pytest.param("ci-manager-1", "ci-manager-2", id="different"),
+    pytest.param("Host", "host", id="case"),
+    pytest.param("h" * 70 + "1", "h" * 70 + "2", id="long-differing-at-the-end"),
+])
+def test_pod_name_differs_per_manager(first: str, second: str) -> None:
+    """The same job run by two runner managers gets two pod names."""
+    job = make_job()
+    assert pod_name(with_manager(first), job) != pod_name(with_manager(second), job)
+
+
+@pytest.mark.parametrize("changes", [
+    pytest.param({"runner_short_token": "OtherTok"}, id="short-token"),
+    pytest.param({"pipeline_id": "31337"}, id="pipeline-id"),
+    pytest.param({"runner_id": "4444"}, id="runner-id"),
+    pytest.param({"project_path": "other/project"}, id="project-path"),
+    pytest.param({"nonce": new_nonce()}, id="nonce"),
+    pytest.param({"tmpdir": "/tmp/elsewhere"}, id="tmpdir"),
+])
+def test_pod_name_ignores_what_the_job_claims(changes: dict[str, Any]) -> None:
+    """Only the payload's ids and the manager name the pod: claims and the nonce do not."""
+    assert pod_name(SETTINGS, make_job(**changes)) == pod_name(SETTINGS, make_job())
 
 
 def test_pod_name_from_config_wins() -> None:
     """The name `config` put into job_env is used as is in the later stages."""
-    job = make_job(runner_short_token="ABC", pod_name_from_config="runner-chosen-earlier")
-    assert pod_name(job) == "runner-chosen-earlier"
-    assert build_pod(Settings(), job)["metadata"]["name"] == "runner-chosen-earlier"
+    job = make_job(pod_name_from_config="runner-chosen-earlier")
+    assert pod_name(SETTINGS, job) == "runner-chosen-earlier"
+    assert build_pod(SETTINGS, job)["metadata"]["name"] == "runner-chosen-earlier"
 
 
-# Labels.
+# Labels and annotations.
 
 
-def test_labels_carry_managed_by_and_ids() -> None:
-    """Labels name the driver as manager and carry the job's, project's and runner's ids."""
-    assert labels(make_job()) == {
+def test_labels_carry_managed_by_ids_manager_and_nonce() -> None:
+    """Labels name the driver and carry the job's, project's, manager's and nonce's values."""
+    assert labels(SETTINGS, make_job()) == {
         "app.kubernetes.io/managed-by": "runner-driver",
         "app.kubernetes.io/component": "ci-job",
-        "runner-driver/job-id": "1234",
-        "runner-driver/project-id": "42",
-        "runner-driver/pipeline-id": "777",
-        "runner-driver/runner-id": "9",
-        "runner-driver/runner-token": "abc123xy",
+        JOB_LABEL: "1234",
+        PROJECT_LABEL: "42",
+        MANAGER_LABEL: MANAGER,
+        NONCE_LABEL: NONCE,
     }
+    assert (JOB_LABEL, PROJECT_LABEL, MANAGER_LABEL, NONCE_LABEL) == (
+        "runner-driver/job-id", "runner-driver/project-id", "runner-driver/manager",
+        "runner-driver/nonce")
+
+
+def test_labels_follow_the_job_and_manager() -> None:
+    """Each identity label holds this job's own value, not a constant."""
+    job = make_job(job_id="99", project_id="100", nonce=new_nonce())
+    found = labels(CUSTOM, job)
+    assert (found[JOB_LABEL], found[PROJECT_LABEL], found[MANAGER_LABEL], found[NONCE_LABEL]) \
+        == ("99", "100", "ci-manager-2", job.nonce)
 
 
 def test_labels_omit_empty_values() -> None:
-    """Ids the runner did not provide get no label at all, not an empty one."""
-    found = labels(make_job(pipeline_id="", runner_id="", runner_short_token=""))
+    """Values that are empty (unresolved manager, no nonce) get no label, not an empty one."""
+    found = labels(Settings(), make_job(nonce="", pipeline_id="", runner_id="",
+                                        runner_short_token=""))
     assert set(found) == {"app.kubernetes.io/managed-by", "app.kubernetes.io/component",
-                          "runner-driver/job-id", "runner-driver/project-id"}
+                          JOB_LABEL, PROJECT_LABEL}
     assert all(found.values())
 
 
-@pytest.mark.parametrize("job", TRICKY_JOBS)
-def test_labels_are_valid_kubernetes_labels(job: JobContext) -> None:
+@pytest.mark.parametrize(("settings", "job"), TRICKY)
+def test_labels_are_valid_kubernetes_labels(settings: Settings, job: JobContext) -> None:
     """Every label key and value has the syntax and length the API server accepts."""
-    for key, value in labels(job).items():
+    for key, value in labels(settings, job).items():
         prefix, _, name = key.rpartition("/")
         assert DNS_SUBDOMAIN.fullmatch(prefix) and len(prefix) <= 253, key
         assert LABEL_NAME.fullmatch(name) and len(name) <= 63, key
@@ -302,11 +412,194 @@ def test_labels_are_valid_kubernetes_labels(job: JobContext) -> None:
     pytest.param("-ab_", "_ab-", id="punctuation-edges"),
     pytest.param("X" * 64, "X" * 63 + "Y", id="over-long"),
 ])
-def test_token_labels_stay_distinct_when_rewritten(first: str, second: str) -> None:
-    """Tokens that must be rewritten into a valid label value still get distinct labels."""
-    key = "runner-driver/runner-token"
-    assert labels(make_job(runner_short_token=first))[key] != \
-        labels(make_job(runner_short_token=second))[key]
+def test_manager_labels_stay_distinct_when_rewritten(first: str, second: str) -> None:
+    """Manager ids that must be rewritten into a valid label value still get distinct labels."""
+    first_label = labels(with_manager(first), make_job())[MANAGER_LABEL]
+    second_label = labels(with_manager(second), make_job())[MANAGER_LABEL]
+    assert first_label != second_label
+    assert manager_label(with_manager(first)) == first_label
+
+
+def test_manager_label_is_the_id_when_valid_and_empty_when_unset() -> None:
+    """A valid manager id is its own label value; an unresolved (empty) one gives ''."""
+    assert manager_label(SETTINGS) == MANAGER
+    assert manager_label(Settings()) == ""
+
+
+CLAIMS = {"pipeline_id": "claimed-pipeline-555", "runner_id": "claimed-runner-666",
+          "runner_short_token": "ClaimedTok", "project_path": "claimed/victim-project"}
+
+
+def test_claimed_values_go_to_annotations_only() -> None:
+    """Pipeline, runner and project path the job claims are annotated, never labels or name."""
+    job = make_job(**CLAIMS)
+    manifest = build_pod(SETTINGS, job)
+    assert pod_annotations(job) == manifest["metadata"]["annotations"] == {
+        "runner-driver/version": __version__,
+        "runner-driver/claimed-project-path": "claimed/victim-project",
+        "runner-driver/claimed-pipeline-id": "claimed-pipeline-555",
+        "runner-driver/claimed-runner-id": "claimed-runner-666",
+    }
+    found = manifest["metadata"]["labels"]
+    assert found == labels(SETTINGS, make_job())
+    name = manifest["metadata"]["name"]
+    assert name == pod_name(SETTINGS, make_job())
+    for claim in CLAIMS.values():
+        lowered = claim.lower()
+        assert all(claim not in text and lowered not in text
+                   for text in (*found, *found.values(), name)), claim
+
+
+def test_annotations_omit_claims_the_job_did_not_make() -> None:
+    """Without claimed values only the driver version is annotated."""
+    job = make_job(pipeline_id="", runner_id="", runner_short_token="", project_path="")
+    assert pod_annotations(job) == {"runner-driver/version": __version__}
+
+
+def test_claimed_values_are_sanitised_on_their_way_to_annotations(tmp_path: Path) -> None:
+    """Hostile claimed values read from the environment reach annotations printable and short."""
+    response = tmp_path / "response.json"
+    response.write_text(json.dumps({"id": 1234, "job_info": {"project_id": 42}}),
+                        encoding="utf-8")
+    hostile = "evil\nrunner-driver/job-id: 1\x1b[31m\x00" + "x" * 500
+    job = JobContext.from_env({
+        "JOB_RESPONSE_FILE": str(response), "TMPDIR": str(tmp_path),
+        "RUNNER_DRIVER_NONCE": NONCE,
+        "CUSTOM_ENV_CI_PROJECT_PATH": hostile, "CUSTOM_ENV_CI_PIPELINE_ID": hostile,
+        "CUSTOM_ENV_CI_RUNNER_ID": hostile, "CUSTOM_ENV_CI_RUNNER_SHORT_TOKEN": hostile,
+        "CUSTOM_ENV_CI_JOB_ID": "1", "CUSTOM_ENV_CI_PROJECT_ID": "2",
+    })
+    annotations = pod_annotations(job)
+    claimed = {k: v for k, v in annotations.items() if k != "runner-driver/version"}
+    assert set(claimed) == {"runner-driver/claimed-project-path",
+                            "runner-driver/claimed-pipeline-id",
+                            "runner-driver/claimed-runner-id"}
+    for value in claimed.values():
+        assert value.isprintable() and len(value) <= DISPLAY_LIMIT, value
+        assert value.startswith("evil?runner-driver/job-id: 1?[31m?")
+    # The forged ids reached neither the labels nor the name: the payload's ids did.
+    assert labels(SETTINGS, job) == labels(SETTINGS, make_job())
+    assert pod_name(SETTINGS, job) == f"runner-{MANAGER_HASH}-project-42-job-1234"
+    assert build_pod(SETTINGS, job)["metadata"]["annotations"] == annotations
+
+
+# The nonce in the pod.
+
+
+@pytest.mark.parametrize("settings", [pytest.param(SETTINGS, id="defaults"),
+                                      pytest.param(CUSTOM, id="custom")])
+def test_nonce_env_is_in_every_container(settings: Settings) -> None:
+    """Every container gets RUNNER_DRIVER_NONCE by fieldRef to the pod's nonce label."""
+    job = make_job(nonce=new_nonce(), job_image=settings.build.image)
+    manifest = build_pod(settings, job)
+    expected = {"name": "RUNNER_DRIVER_NONCE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['runner-driver/nonce']"}}}
+    assert len(manifest["spec"]["containers"]) == 2
+    for container in manifest["spec"]["containers"]:
+        entries = [e for e in container["env"] if e["name"] == "RUNNER_DRIVER_NONCE"]
+        assert entries == [expected], container["name"]
+    assert expected == NONCE_ENV
+    # The label the fieldRef points at holds this job's nonce.
+    assert manifest["metadata"]["labels"][NONCE_LABEL] == job.nonce
+    assert HEX32.fullmatch(job.nonce)
+
+
+def test_nonce_value_itself_is_not_in_any_container_env() -> None:
+    """Containers read the nonce from the label only: no literal env value carries it."""
+    manifest = build_pod(SETTINGS, make_job())
+    for container in manifest["spec"]["containers"]:
+        assert all(e.get("value") != NONCE for e in container["env"]), container["name"]
+
+
+@pytest.mark.parametrize("settings", [pytest.param(SETTINGS, id="defaults"),
+                                      pytest.param(CUSTOM, id="custom")])
+@pytest.mark.parametrize("nonce", ["", "Not a nonce!", "0123456789ABCDEF0123456789ABCDEF",
+                                   "0123456789abcdef0123456789abcde"])
+def test_build_pod_refuses_a_job_without_a_well_formed_nonce(settings: Settings,
+                                                             nonce: str) -> None:
+    """A job with no nonce, or one `config` could not have minted, gets no pod."""
+    with pytest.raises(ConfigError, match="well-formed nonce"):
+        build_pod(settings, make_job(nonce=nonce, job_image=settings.build.image))
+
+
+# Finding the job's own pods: leftovers and the manager's selector.
+
+
+def test_leftover_of_takes_the_jobs_own_pod() -> None:
+    """The pod this job built (same manager, job and project) is its leftover."""
+    job = make_job()
+    assert leftover_of(build_pod(SETTINGS, job), SETTINGS, job) is True
+
+
+def test_leftover_of_takes_an_earlier_attempts_pod_with_another_nonce() -> None:
+    """A pod from an earlier prepare attempt (its own nonce) is still this job's leftover."""
+    earlier = build_pod(SETTINGS, make_job(nonce=new_nonce()))
+    assert leftover_of(earlier, SETTINGS, make_job(nonce=new_nonce())) is True
+
+
+@pytest.mark.parametrize(("settings", "job"), [
+    pytest.param(CUSTOM, make_job(), id="other-manager"),
+    pytest.param(with_manager("CI-MANAGER-1"), make_job(), id="manager-case"),
+    pytest.param(SETTINGS, make_job(job_id="1235"), id="other-job"),
+    pytest.param(SETTINGS, make_job(project_id="43"), id="other-project"),
+])
+def test_leftover_of_refuses_another_managers_or_jobs_pod(settings: Settings,
+                                                          job: JobContext) -> None:
+    """A pod built for another manager, job or project is never taken for a leftover."""
+    assert leftover_of(build_pod(settings, job), SETTINGS, make_job()) is False
+
+
+def own_labels() -> dict[str, str]:
+    """The identity labels of BASE_JOB's pod under SETTINGS."""
+    return labels(SETTINGS, make_job())
+
+
+@pytest.mark.parametrize("pod", [
+    pytest.param({}, id="no-metadata"),
+    pytest.param({"metadata": None}, id="null-metadata"),
+    pytest.param({"metadata": {"name": "x"}}, id="no-labels"),
+    pytest.param({"metadata": {"labels": None}}, id="null-labels"),
+    pytest.param({"metadata": {"labels": {"app.kubernetes.io/managed-by": "tests"}}},
+                 id="someone-elses-pod"),
+    pytest.param({"metadata": {"labels": {**own_labels(),
+                                          "app.kubernetes.io/managed-by": "someone-else"}}},
+                 id="same-ids-other-manager-tool"),
+    pytest.param({"metadata": {"labels": {k: v for k, v in own_labels().items()
+                                          if k != MANAGER_LABEL}}},
+                 id="no-manager-label"),
+    pytest.param({"metadata": {"labels": {k: v for k, v in own_labels().items()
+                                          if k != JOB_LABEL}}},
+                 id="no-job-label"),
+    pytest.param({"metadata": {"labels": {**own_labels(), PROJECT_LABEL: "4"}}},
+                 id="other-project-label"),
+])
+def test_leftover_of_refuses_pods_with_foreign_labels(pod: dict[str, Any]) -> None:
+    """A pod whose labels do not all name this manager, job and project is not a leftover."""
+    assert leftover_of(pod, SETTINGS, make_job()) is False
+
+
+def test_leftover_of_refuses_everything_for_an_unresolved_manager() -> None:
+    """With no manager id, not even a pod labelled exactly like the job's is a leftover."""
+    job = make_job()
+    assert leftover_of(build_pod(Settings(), job), Settings(), job) is False
+
+
+def test_manager_selector_names_the_driver_and_this_manager() -> None:
+    """manager_selector is MANAGED_SELECTOR narrowed to this manager's label."""
+    assert manager_selector(SETTINGS) == \
+        "app.kubernetes.io/managed-by=runner-driver,runner-driver/manager=ci-manager-1"
+    assert manager_selector(SETTINGS).startswith(MANAGED_SELECTOR + ",")
+
+
+@pytest.mark.parametrize(("settings", "job"), TRICKY)
+def test_manager_selector_matches_this_managers_pods_only(settings: Settings,
+                                                          job: JobContext) -> None:
+    """The selector matches every pod this manager builds and none of another manager's."""
+    wanted = selector_pairs(manager_selector(settings))
+    own = build_pod(settings, job)["metadata"]["labels"]
+    assert all(own.get(key) == value for key, value in wanted.items()), (wanted, own)
+    other = build_pod(with_manager("another-manager", settings), job)["metadata"]["labels"]
+    assert not all(other.get(key) == value for key, value in wanted.items())
 
 
 # The build image and its allow-list.
@@ -314,7 +607,7 @@ def test_token_labels_stay_distinct_when_rewritten(first: str, second: str) -> N
 
 def test_empty_job_image_gets_the_default() -> None:
     """A job without `image:` runs the build container on the settings' default image."""
-    assert build_image(Settings(), make_job(job_image="")) == KANIKO_DEBUG_IMAGE
+    assert build_image(SETTINGS, make_job(job_image="")) == KANIKO_DEBUG_IMAGE
     assert build_image(CUSTOM, make_job(job_image="")) == "registry.example.com/kaniko:debug"
 
 
@@ -328,8 +621,8 @@ def test_empty_job_image_gets_the_default() -> None:
 ])
 def test_allowed_images_are_accepted(image: str) -> None:
     """Kaniko debug images of upstream and the maintained forks pass the default allow-list."""
-    assert build_image(Settings(), make_job(job_image=image)) == image
-    assert containers(build_pod(Settings(), make_job(job_image=image)))["build"]["image"] == image
+    assert build_image(SETTINGS, make_job(job_image=image)) == image
+    assert containers(build_pod(SETTINGS, make_job(job_image=image)))["build"]["image"] == image
 
 
 @pytest.mark.parametrize("image", [
@@ -341,12 +634,12 @@ def test_allowed_images_are_accepted(image: str) -> None:
 def test_disallowed_images_fail_the_job(image: str) -> None:
     """Any other image is the job's failure, with a message naming it and the allow-list."""
     with pytest.raises(JobFailed) as caught:
-        build_image(Settings(), make_job(job_image=image))
+        build_image(SETTINGS, make_job(job_image=image))
     message = str(caught.value)
     assert repr(image) in message
     assert all(pattern in message for pattern in DEFAULT_ALLOWED_IMAGES)
     with pytest.raises(JobFailed):
-        build_pod(Settings(), make_job(job_image=image))
+        build_pod(SETTINGS, make_job(job_image=image))
 
 
 def test_custom_allow_list_is_honoured() -> None:
@@ -373,7 +666,7 @@ def test_empty_allow_list_allows_only_the_default() -> None:
 @pytest.mark.parametrize("name", ["helper", "build"])
 def test_containers_run_unprivileged(name: str) -> None:
     """No container is privileged, may escalate, or keeps NET_RAW."""
-    context = containers(build_pod(Settings(), make_job()))[name]["securityContext"]
+    context = containers(build_pod(SETTINGS, make_job()))[name]["securityContext"]
     assert context["privileged"] is False
     assert context["allowPrivilegeEscalation"] is False
     assert "NET_RAW" in context["capabilities"]["drop"]
@@ -382,7 +675,7 @@ def test_containers_run_unprivileged(name: str) -> None:
 
 def test_pod_level_hardening() -> None:
     """RuntimeDefault seccomp, no service-account token, no restarts, no service links."""
-    spec = build_pod(Settings(), make_job())["spec"]
+    spec = build_pod(SETTINGS, make_job())["spec"]
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert spec["automountServiceAccountToken"] is False
     assert spec["restartPolicy"] == "Never"
@@ -393,7 +686,8 @@ def test_pod_level_hardening() -> None:
 def test_build_env_lets_kaniko_run() -> None:
     """The build container has `container=kube` and TMPDIR on the settings' scratch dir."""
     env = env_of(containers(build_pod(CUSTOM, make_job()))["build"])
-    assert env == {"container": "kube", "TMPDIR": "/var/scratch"}
+    assert env == {"container": "kube", "TMPDIR": "/var/scratch",
+                   "RUNNER_DRIVER_NONCE": NONCE_ENV["valueFrom"]}
 
 
 def test_helper_path_starts_with_driver_bin() -> None:
@@ -405,7 +699,7 @@ def test_helper_path_starts_with_driver_bin() -> None:
 
 def test_build_command_overrides_entrypoint_and_traps_term() -> None:
     """The build container runs busybox sh (not /kaniko/executor) and exits on SIGTERM."""
-    build = containers(build_pod(Settings(), make_job()))["build"]
+    build = containers(build_pod(SETTINGS, make_job()))["build"]
     assert build["command"][:2] == ["/busybox/sh", "-c"]
     assert len(build["command"]) == 3 and "args" not in build
     assert re.search(r"trap '[^']*' TERM", build["command"][2])
@@ -413,7 +707,7 @@ def test_build_command_overrides_entrypoint_and_traps_term() -> None:
 
 def test_helper_command_traps_term() -> None:
     """The helper's PID 1 shell also exits on SIGTERM instead of waiting out the grace."""
-    helper = containers(build_pod(Settings(), make_job()))["helper"]
+    helper = containers(build_pod(SETTINGS, make_job()))["helper"]
     assert helper["command"][:2] == ["/bin/sh", "-c"]
     assert re.search(r"trap '[^']*' TERM", helper["command"][2])
 
@@ -421,7 +715,7 @@ def test_helper_command_traps_term() -> None:
 # Volumes.
 
 
-@pytest.mark.parametrize("settings", [pytest.param(Settings(), id="defaults"),
+@pytest.mark.parametrize("settings", [pytest.param(SETTINGS, id="defaults"),
                                       pytest.param(CUSTOM, id="custom")])
 def test_volumes_are_mounted_in_both_containers(settings: Settings) -> None:
     """builds, cache, scratch, driver and driver-logs emptyDirs are mounted in both containers."""
@@ -439,14 +733,14 @@ def test_volumes_are_mounted_in_both_containers(settings: Settings) -> None:
 
 def test_driver_volume_is_memory_backed() -> None:
     """The driver's volume (pid files, the gitlab-runner link) lives in memory."""
-    volumes = {v["name"]: v for v in build_pod(Settings(), make_job())["spec"]["volumes"]}
+    volumes = {v["name"]: v for v in build_pod(SETTINGS, make_job())["spec"]["volumes"]}
     assert volumes["driver"]["emptyDir"]["medium"] == "Memory"
     assert all("medium" not in volumes[n]["emptyDir"] for n in ("builds", "cache", "scratch"))
 
 
 def test_stage_logs_volume_is_disk_backed_and_unbounded() -> None:
     """Stage output goes to its own disk-backed emptyDir at inpod.LOG_DIR, with no size limit."""
-    volumes = {v["name"]: v for v in build_pod(Settings(), make_job())["spec"]["volumes"]}
+    volumes = {v["name"]: v for v in build_pod(SETTINGS, make_job())["spec"]["volumes"]}
     assert volumes["driver-logs"] == {"name": "driver-logs", "emptyDir": {}}
     assert LOG_DIR == "/runner-driver-logs"
 
@@ -455,8 +749,8 @@ def test_stage_logs_volume_is_disk_backed_and_unbounded() -> None:
 
 
 @pytest.mark.parametrize(("settings", "timeout", "expected"), [
-    pytest.param(Settings(), 600, 600 + 900, id="job-timeout"),
-    pytest.param(Settings(), None, 3600 + 900, id="default-timeout"),
+    pytest.param(SETTINGS, 600, 600 + 900, id="job-timeout"),
+    pytest.param(SETTINGS, None, 3600 + 900, id="default-timeout"),
     pytest.param(CUSTOM, 600, 600 + 60, id="custom-margin"),
     pytest.param(CUSTOM, None, 7200 + 60, id="custom-default"),
 ])
@@ -474,6 +768,7 @@ SIZED = Settings(
     build=BuildSettings(cpu_request="500m", memory_request="1Gi", cpu_limit="2",
                         memory_limit="4Gi"),
     helper=HelperSettings(cpu_request="100m", memory_limit="256Mi"),
+    manager=ManagerSettings(id=MANAGER),
 )
 
 
@@ -507,7 +802,7 @@ def test_each_container_gets_its_own_resources() -> None:
 
 def test_no_resources_set_gives_empty_blocks() -> None:
     """With the defaults both containers have an empty resources block (LimitRange applies)."""
-    found = containers(build_pod(Settings(), make_job()))
+    found = containers(build_pod(SETTINGS, make_job()))
     assert found["build"]["resources"] == {} and found["helper"]["resources"] == {}
 
 
@@ -521,8 +816,8 @@ def test_manifest_with_resources_validates_against_kubernetes_schema() -> None:
 
 
 @pytest.mark.parametrize(("settings", "timeout", "expected"), [
-    pytest.param(Settings(), 600, 600, id="job-timeout"),
-    pytest.param(Settings(), None, 3600, id="default-timeout"),
+    pytest.param(SETTINGS, 600, 600, id="job-timeout"),
+    pytest.param(SETTINGS, None, 3600, id="default-timeout"),
     pytest.param(CUSTOM, None, 7200, id="custom-default"),
     pytest.param(CUSTOM, 60, 60, id="job-timeout-wins-over-custom-default"),
 ])
@@ -537,11 +832,11 @@ def test_deadline_is_the_jobs_timeout_plus_the_margin(settings: Settings, timeou
         settings.pod.deadline_margin_seconds
 
 
-@pytest.mark.parametrize("job", TRICKY_JOBS)
-def test_managed_selector_matches_every_job_pod(job: JobContext) -> None:
+@pytest.mark.parametrize(("settings", "job"), TRICKY)
+def test_managed_selector_matches_every_job_pod(settings: Settings, job: JobContext) -> None:
     """MANAGED_SELECTOR (what gc lists by) matches the labels of every pod the driver builds."""
     key, _, value = MANAGED_SELECTOR.partition("=")
-    assert build_pod(Settings(), job)["metadata"]["labels"][key] == value
+    assert build_pod(settings, job)["metadata"]["labels"][key] == value
 
 
 # What must never be in the manifest, and purity.
@@ -554,7 +849,7 @@ def test_manifest_holds_no_secret() -> None:
     job = make_job(project_path="group/sub/app", job_image="martizih/kaniko:debug",
                    services=("postgres:16",), timeout_seconds=900, secrets=secrets,
                    runner_short_token="Tok_en.1")
-    text = json.dumps(build_pod(Settings(), job))
+    text = json.dumps(build_pod(SETTINGS, job))
     assert "group/sub/app" in text  # the job's identity is there ...
     for secret in secrets:  # ... but none of its secrets
         assert secret not in text
@@ -576,6 +871,9 @@ def test_builder_is_pure() -> None:
     first["metadata"]["annotations"].clear()
     for container in first["spec"]["containers"]:
         container["command"].append("x")
+        for item in container["env"]:
+            if "valueFrom" in item:
+                item["valueFrom"]["fieldRef"]["fieldPath"] = "metadata.name"
         container["env"].clear()
         container["securityContext"]["capabilities"]["drop"].append("ALL")
         container["volumeMounts"].clear()
@@ -583,3 +881,5 @@ def test_builder_is_pure() -> None:
             kind["cpu"] = "99"
     first["spec"]["volumes"][3]["emptyDir"]["medium"] = ""
     assert build_pod(settings, job) == pristine
+    assert NONCE_ENV["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.labels['runner-driver/nonce']"}}

@@ -172,7 +172,8 @@ def test_heartbeats_keep_a_quiet_stage_from_looking_stalled(
         started = time.monotonic()
         # Silent for 5 s, stall limit 4 s: only the heartbeats (the first ~3 s after the
         # start, then every ~5 s) keep the connection from being declared dead.
-        run.run(cluster, session.hostname, script, "build_script", out_fd=sink.fileno(),
+        run.run(cluster, session.hostname, script, "build_script",
+                session.job_env["RUNNER_DRIVER_NONCE"], out_fd=sink.fileno(),
                 stall_seconds=4.0)
         spent = time.monotonic() - started
     assert out.read_bytes() == b"done\n"
@@ -235,7 +236,8 @@ def test_a_closed_job_log_pipe_is_a_system_failure_without_reconnects(
     try:
         with runner.session(Job(job_id=next_job_id())) as session, \
                 pytest.raises(run.OutputError):
-            run.run(cluster, session.hostname, script, "build_script", out_fd=write_end)
+            run.run(cluster, session.hostname, script, "build_script",
+                    session.job_env["RUNNER_DRIVER_NONCE"], out_fd=write_end)
     finally:
         os.close(write_end)
     assert "reconnecting" not in log.getvalue()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 import typing
@@ -46,10 +47,10 @@ def _section_text(text: str, section: str) -> str:
 
 
 def test_model_has_the_documented_sections() -> None:
-    """The sections this test module introspects are the six the example documents."""
+    """The sections this test module introspects are the seven the example documents."""
     assert [name for name, _ in _sections()] == ["kubernetes", "pod", "build", "helper",
-                                                 "logging", "agent"]
-    assert len(SECTION_KEYS) >= 16
+                                                 "logging", "agent", "manager"]
+    assert len(SECTION_KEYS) >= 17
 
 
 def test_example_loads_to_the_built_in_defaults() -> None:
@@ -187,6 +188,47 @@ def test_memory_quantities_operators_write_are_accepted(tmp_path: Path, quantity
     assert loaded.build.memory_limit == loaded.helper.memory_request == quantity
 
 
+@pytest.mark.parametrize("manager_id", [
+    "runner-manager-1", "a", "Runner_01.example.com", "9" * 63, "gitlab-runner.ci-system"])
+def test_valid_manager_id_is_accepted(tmp_path: Path, manager_id: str) -> None:
+    """A manager id that is a Kubernetes label value (up to 63 characters) loads as written."""
+    path = _write(tmp_path, f'[manager]\nid = "{manager_id}"\n')
+    assert settings.load(path).manager == settings.ManagerSettings(id=manager_id)
+
+
+def test_manager_id_defaults_to_empty() -> None:
+    """Without a `[manager]` table the id is empty (the host name is filled in later)."""
+    assert Settings().manager.id == ""
+
+
+def test_resolve_manager_fills_the_host_name_when_empty(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty manager id becomes this machine's host name; nothing else changes."""
+    class Uname:
+        nodename = "ci-host-7"
+
+    monkeypatch.setattr(os, "uname", Uname)
+    before = dataclasses.replace(Settings(), source="somewhere.toml")
+    resolved = settings.resolve_manager(before)
+    assert resolved.manager.id == "ci-host-7"
+    assert dataclasses.replace(resolved, manager=before.manager) == before
+
+
+def test_resolve_manager_uses_the_real_host_name() -> None:
+    """Unpatched, the filled-in id is os.uname().nodename."""
+    assert settings.resolve_manager(Settings()).manager.id == os.uname().nodename
+
+
+def test_resolve_manager_keeps_a_configured_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A configured manager id is kept as is, and the host name is not even looked up."""
+    def no_uname() -> None:
+        raise AssertionError("the host name was looked up")
+
+    monkeypatch.setattr(os, "uname", no_uname)
+    configured = Settings(manager=settings.ManagerSettings(id="chosen-by-operator"))
+    assert settings.resolve_manager(configured) == configured
+
+
 # --- errors name the file and the dotted key ----------------------------------------------
 
 ERRORS = [
@@ -298,6 +340,23 @@ ERRORS = [
                  id="zero-agent-idle-timeout"),
     pytest.param('[agent]\nenabled = "no"\n', "agent.enabled",
                  "expected true or false, got a string", id="string-for-agent-enabled"),
+    # the runner manager's id: a Kubernetes label value
+    pytest.param("[manager]\nid = 7\n", "manager.id", "expected a string, got an integer",
+                 id="int-for-manager-id"),
+    pytest.param('[manager]\nid = "runner one"\n', "manager.id",
+                 "must be a Kubernetes label value", id="manager-id-with-space"),
+    pytest.param('[manager]\nid = "-runner"\n', "manager.id",
+                 "must be a Kubernetes label value", id="manager-id-leading-dash"),
+    pytest.param('[manager]\nid = "runner."\n', "manager.id",
+                 "must be a Kubernetes label value", id="manager-id-trailing-dot"),
+    pytest.param('[manager]\nid = "runner/1"\n', "manager.id",
+                 "must be a Kubernetes label value", id="manager-id-with-slash"),
+    pytest.param('[manager]\nid = "r\u00e9gion"\n', "manager.id",
+                 "must be a Kubernetes label value", id="manager-id-non-ascii"),
+    pytest.param('[manager]\nid = "' + "a" * 64 + '"\n', "manager.id",
+                 "got '" + "a" * 64 + "'", id="manager-id-64-chars"),
+    pytest.param('[manager]\nname = "x"\n', "manager.name", "unknown key (known here: id)",
+                 id="unknown-manager-key"),
     # container resources: strings holding Kubernetes quantities
     pytest.param("[build]\ncpu_request = 2\n", "build.cpu_request",
                  "expected a string, got an integer", id="int-for-cpu-request"),

@@ -67,9 +67,14 @@ class Job:
     after_script: tuple[str, ...] = ()
     cache: bool = False
     artifacts: bool = False
+    # The job's own `variables:`. GitLab sends them after the predefined ones, and a job
+    # may reuse a predefined name (CI_JOB_ID, say): the later value wins in the env.
     variables: tuple[tuple[str, str], ...] = ()
     masked: frozenset[str] = frozenset()
     token: str = "glcbt-64_secretjobtoken0123456789"  # noqa: S105 - fake job token
+    # Top-level payload fields to set (or, with None, remove) after the usual ones, to
+    # give the driver a payload as odd as a broken runner or GitLab might send.
+    payload_fields: tuple[tuple[str, object], ...] = ()
 
 
 @dataclass
@@ -282,14 +287,23 @@ class JobSession:
 
     def _write_response(self) -> None:
         job = self.job
-        payload = {
+        # As GitLab builds the list: predefined variables first, then the job's own,
+        # duplicates and all (the runner's env keeps the last of each name).
+        listed = [*self.predefined().items(), *job.variables]
+        payload: dict[str, object] = {
             "id": job.job_id, "token": job.token,
             "job_info": {"project_id": job.project_id, "name": "build"},
+            "runner_info": {"timeout": job.timeout_seconds},
             "image": {"name": job.image, "entrypoint": [""] if job.image else None},
             "services": list(job.services),
             "variables": [{"key": k, "value": v, "masked": k in job.masked, "public": True}
-                          for k, v in self.variables().items()],
+                          for k, v in listed],
         }
+        for key, value in job.payload_fields:
+            if value is None:
+                payload.pop(key, None)
+            else:
+                payload[key] = value
         self.response_file.write_text(json.dumps(payload), encoding="utf-8")
         self.response_file.chmod(0o600)
 
@@ -298,6 +312,11 @@ class JobSession:
             else ""
 
     def variables(self) -> dict[str, str]:
+        """Every job variable as the runner's env has it: the job's own win."""
+        return {**self.predefined(), **dict(self.job.variables)}
+
+    def predefined(self) -> dict[str, str]:
+        """The variables GitLab and the runner define for the job."""
         job = self.job
         found = {
             "CI": "true", "GITLAB_CI": "true",
@@ -316,7 +335,6 @@ class JobSession:
         if self.builds_dir:
             found["CI_BUILDS_DIR"] = self.builds_dir
             found["CI_PROJECT_DIR"] = self.project_dir()
-        found.update(dict(job.variables))
         return found
 
     def environment(self) -> dict[str, str]:

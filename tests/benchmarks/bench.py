@@ -32,7 +32,7 @@ from .harness import Bench
 from .items import Item, Row
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
-ALL_ITEMS = ("1", "2", "3", "4", "5", "6")
+ALL_ITEMS = ("1", "2", "3", "4", "5", "6", "7")
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 
@@ -41,7 +41,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m tests.benchmarks",
         description="Benchmark runner-driver on the embedded emulated cluster (issue 5).")
     parser.add_argument("--only", default=",".join(ALL_ITEMS), metavar="ITEMS",
-                        help="comma-separated measurements to run, of 1-6 (default: all)")
+                        help="comma-separated measurements to run, of 1-7 (default: all)")
     parser.add_argument("--long-job-seconds", type=float, default=300.0,
                         help="duration of the long job of item 5 (default: 300)")
     parser.add_argument("--jobs", type=int, default=50,
@@ -122,6 +122,8 @@ def run_item(key: str, bench: Bench, args: argparse.Namespace,
         return items.log_throughput(bench)
     if key == "5":
         return items.api_requests(bench, args.long_job_seconds)
+    if key == "7":
+        return items.dead_api_server(bench)
     floor = done["2"].data.get("floor", {}).get("median") if "2" in done else None
     return items.concurrent_jobs(bench, args.jobs, floor)
 

@@ -1,4 +1,4 @@
-"""The six measurements of issue 5, each returning table rows and its raw samples.
+"""The measurements of issues 5 (1-6) and 12 (7), each returning table rows and samples.
 
 Every function runs real jobs through the runner emulator against the bench's emulated
 cluster; nothing is estimated. Times are seconds in the data and milliseconds in the
@@ -44,6 +44,7 @@ THROUGHPUT_RATIO_TARGET = 0.80
 RSS_TARGET_KB = 80_000
 RSS_GROWTH_ALLOWED = 1.10  # "the same at 20 MB and 200 MB": within 10 %
 REQUESTS_TARGET = 25
+DEAD_API_JOB_TARGET = 240.0  # issue 12: "under 4 minutes"
 
 
 @dataclass
@@ -436,3 +437,44 @@ def describe_failure(outcome: MeasuredJob | BaseException | None) -> dict[str, A
                 "message": outcome.result.message, "log_tail": outcome.log_tail()}
     return {"error": repr(outcome)}
 
+
+
+# --- 7. a job against an API server that is not there ------------------------------------------
+
+
+def dead_api_server(bench: Bench) -> Item:
+    """One whole job, with default driver settings, whose kubeconfig names a closed port.
+
+    gitlab-runner makes three prepare attempts, 3 s apart, each followed by a cleanup:
+    the job's time should be nearly all the documented prepare retry budget
+    (`[kubernetes] retry_timeout_seconds`, 60 s by default), and each cleanup instant.
+    """
+    item = Item("7. a job against an unreachable API server (default settings)")
+    dead = bench.workdir / "dead.kubeconfig"
+    dead.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: dead\n"
+        "clusters: [{name: dead, cluster: {server: 'https://127.0.0.1:9'}}]\n"
+        "contexts: [{name: dead, context: {cluster: dead, user: dead, namespace: default}}]\n"
+        "users: [{name: dead, user: {token: x}}]\n", encoding="utf-8")
+    defaults = bench.workdir / "defaults.toml"
+    defaults.write_text("", encoding="utf-8")
+    runner = bench.runner(prepare_retry_seconds=3.0)
+    runner.environ.update(KUBECONFIG=str(dead), RUNNER_DRIVER_CONFIG=str(defaults))
+    started = time.monotonic()
+    result = runner.run_job(Job(job_id=bench.job_id()))
+    took = time.monotonic() - started
+    if (result.status, result.failure_reason) != ("failed", "runner_system_failure"):
+        raise BenchError(f"the job ended {result.status}/{result.failure_reason}, "
+                         "not as a runner system failure")
+    prepares = [c.seconds for c in result.calls if c.stage == "prepare"]
+    cleanups = [c.seconds for c in result.calls if c.stage == "cleanup"]
+    item.data = {"job_seconds": took, "prepare_seconds": prepares,
+                 "cleanup_seconds": cleanups}
+    item.rows = [
+        Row("whole job, config to the last cleanup", f"{took:.1f} s",
+            f"< {DEAD_API_JOB_TARGET:.0f} s", at_most(took, DEAD_API_JOB_TARGET)),
+        Row(f"  {len(prepares)} prepares / {len(cleanups)} cleanups",
+            f"{' '.join(f'{s:.1f}' for s in prepares)} s / "
+            f"{' '.join(ms(s) for s in cleanups)}"),
+    ]
+    return item

@@ -1,0 +1,274 @@
+"""Pod, event and secret calls in the driver's namespace, and following one pod on a watch.
+
+Each call is one API request under the retry policy (transient failures retried within
+`retry_timeout`, everything else raised at once as a `ClusterError`), answers with
+plain dicts, and takes "not found" as an answer where it is one. `pod_updates`
+follows a pod through dropped watches, compacted histories and flaky API servers up
+to a deadline. What a pod's state means for the job (started, failed, dead) is for the
+stages to decide, with `podstatus`: nothing here waits for a particular state but the
+pod's disappearance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import urllib3
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from .. import logs
+from ..errors import ClusterError
+from . import streams
+from .connection import Connection
+from .errors import api_error
+from .retry import API_RETRY
+from .streams import Sink
+
+
+class Cluster:
+    """Pod operations in the driver's namespace."""
+
+    def __init__(self, connection: Connection, request_timeout: float,
+                 retry_timeout: float = 60.0) -> None:
+        self.namespace = connection.namespace
+        self.server = connection.server
+        self.retry_timeout = retry_timeout
+        self._retry = dataclasses.replace(API_RETRY, budget=retry_timeout)
+        self._timeout = request_timeout
+        self._configuration = connection.configuration
+        self._core = client.CoreV1Api(client.ApiClient(connection.configuration))
+
+    @functools.cached_property
+    def _exec_core(self) -> Any:
+        # `stream()` swaps the request method of the ApiClient it uses: exec gets its own,
+        # made only by the stages that exec.
+        return client.CoreV1Api(client.ApiClient(self._configuration))
+
+    def _once(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = call(*args, _preload_content=False, _request_timeout=self._timeout,
+                            **kwargs)
+            return json.loads(response.data)
+        except Exception as error:
+            raise api_error(what, error) from error
+
+    def _call(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One API request, retried while it fails transiently."""
+        return self._retry.retrying(what)(self._once, what, call, *args, **kwargs)
+
+    # --- pods -------------------------------------------------------------------
+
+    def create_pod(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create the pod; the stored pod comes back.
+
+        Raises:
+            ClusterError: status 409 when a pod of that name exists, which a retried
+                create whose first try reached the server also meets; `unsent` when no
+                attempt reached a server, so certainly nothing was created.
+        """
+        name = manifest["metadata"]["name"]
+        what = f"creating pod {self.namespace}/{name}"
+        reached = False
+
+        def attempt() -> Any:
+            nonlocal reached
+            try:
+                return self._once(what, self._core.create_namespaced_pod, self.namespace,
+                                  manifest)
+            except ClusterError as error:
+                reached = reached or not error.unsent
+                raise
+
+        try:
+            return dict(self._retry.retrying(what)(attempt))
+        except ClusterError as error:
+            # Unsent only if no attempt reached a server: an earlier one may have
+            # created the pod even though its answer was lost.
+            error.unsent = not reached
+            raise
+
+    def read_pod(self, name: str) -> dict[str, Any] | None:
+        """The pod, or None when it does not exist."""
+        try:
+            return dict(self._call(f"reading pod {self.namespace}/{name}",
+                                   self._core.read_namespaced_pod, name, self.namespace))
+        except ClusterError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def list_pods(self, label_selector: str) -> list[dict[str, Any]]:
+        """The pods whose labels match `label_selector`."""
+        listed = self._call(f"listing pods in {self.namespace} ({label_selector})",
+                            self._core.list_namespaced_pod, self.namespace,
+                            label_selector=label_selector)
+        return list(listed.get("items") or [])
+
+    def delete_pod(self, name: str, grace_seconds: int | None = None, uid: str = "") -> bool:
+        """Ask for the pod's deletion; False when it was already gone.
+
+        With `uid`, only that incarnation of the name is deleted: a newer pod of the same
+        name makes the API server refuse with 409 Conflict. Objects the pod owns (see
+        `owner_reference`) are removed by Kubernetes with it.
+        """
+        options: dict[str, Any] = {"propagation_policy": "Background"}
+        if grace_seconds is not None:
+            options["grace_period_seconds"] = grace_seconds
+        return self._delete(f"deleting pod {self.namespace}/{name}",
+                            self._core.delete_namespaced_pod, name, uid, options)
+
+    def _delete(self, what: str, call: Callable[..., Any], name: str, uid: str,
+                options: dict[str, Any]) -> bool:
+        """A delete (of incarnation `uid` only, when given); False when already gone."""
+        if uid:
+            options = {**options, "body": {"preconditions": {"uid": uid}}}
+        try:
+            self._call(what, call, name, self.namespace, **options)
+        except ClusterError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    def pod_events(self, name: str, uid: str = "") -> list[dict[str, Any]]:
+        """The events about the pod, oldest first; with `uid`, only this incarnation's.
+
+        Earlier prepare attempts create pods of the same name: their events would
+        otherwise show up again.
+        """
+        selector = f"involvedObject.name={name}" + (f",involvedObject.uid={uid}" if uid else "")
+        listed = self._call(f"listing events of pod {self.namespace}/{name}",
+                            self._core.list_namespaced_event, self.namespace,
+                            field_selector=selector)
+        items = list(listed.get("items") or [])
+        items.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        return items
+
+    # --- objects owned by the pod -------------------------------------------------
+
+    def create_secret(self, manifest: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
+        """Create a per-job secret owned by the pod `owner`, so it goes when the pod goes."""
+        body = {**manifest, "metadata": {**manifest["metadata"],
+                                         "ownerReferences": [owner_reference(owner)]}}
+        name = body["metadata"]["name"]
+        return dict(self._call(f"creating secret {self.namespace}/{name}",
+                               self._core.create_namespaced_secret, self.namespace, body))
+
+    def list_secrets(self, label_selector: str) -> list[dict[str, Any]]:
+        """The secrets whose labels match `label_selector` (values are not used)."""
+        listed = self._call(f"listing secrets in {self.namespace} ({label_selector})",
+                            self._core.list_namespaced_secret, self.namespace,
+                            label_selector=label_selector)
+        return list(listed.get("items") or [])
+
+    def delete_secret(self, name: str, uid: str = "") -> bool:
+        """Delete a secret (only incarnation `uid` when given); False when already gone."""
+        return self._delete(f"deleting secret {self.namespace}/{name}",
+                            self._core.delete_namespaced_secret, name, uid, {})
+
+    # --- following a pod ------------------------------------------------------------
+
+    def _watch_pod(self, name: str, resource_version: str,
+                   timeout: float) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Events (type, pod) for one pod from `resource_version`, for at most `timeout` s."""
+        watcher = watch.Watch()
+        try:
+            for event in watcher.stream(
+                    self._core.list_namespaced_pod, self.namespace,
+                    field_selector=f"metadata.name={name}", resource_version=resource_version,
+                    allow_watch_bookmarks=True, timeout_seconds=max(1, int(timeout)),
+                    _request_timeout=timeout + self._timeout):
+                yield str(event.get("type")), dict(event.get("raw_object") or {})
+        except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
+            raise api_error(f"watching pod {self.namespace}/{name}", error) from error
+        finally:
+            watcher.stop()
+
+    def pod_updates(self, pod: dict[str, Any], deadline: float
+                    ) -> Iterator[tuple[str, dict[str, Any] | None]]:
+        """("MODIFIED"/"DELETED", pod) for one pod until `deadline`, surviving a flaky API.
+
+        A watch that ends is reopened from the last resource version (bookmarks keep it
+        fresh); `410 Gone` re-reads the pod; transient errors are retried with backoff
+        until `deadline` (a monotonic time). Yields ("DELETED", None) when the pod
+        disappeared.
+        """
+        name = pod["metadata"]["name"]
+        version = str(pod["metadata"].get("resourceVersion") or "")
+        failures = 0
+        while (remaining := deadline - time.monotonic()) > 0:
+            opened, seen = time.monotonic(), False
+            try:
+                for kind, obj in self._watch_pod(name, version, remaining):
+                    failures, seen = 0, True
+                    version = str((obj.get("metadata") or {}).get("resourceVersion")
+                                  or version)
+                    if kind == "BOOKMARK":
+                        continue
+                    # (ERROR events never get here: the client raises them as ApiException.)
+                    yield kind, (None if kind == "DELETED" else obj)
+                    if kind == "DELETED":
+                        return
+                if not seen and time.monotonic() - opened < 1.0:
+                    time.sleep(0.2)  # a server that ends watches at once: do not spin
+            except ClusterError as error:
+                if error.status == 410:
+                    # Our resource version is too old: re-list. The list's own version
+                    # is current, where an unchanged pod's would be too old again.
+                    listed = self._call(f"listing pod {self.namespace}/{name}",
+                                        self._core.list_namespaced_pod, self.namespace,
+                                        field_selector=f"metadata.name={name}")
+                    items = list(listed.get("items") or [])
+                    if not items:
+                        yield "DELETED", None
+                        return
+                    version = str((listed.get("metadata") or {}).get("resourceVersion")
+                                  or items[0]["metadata"].get("resourceVersion") or "")
+                    yield "MODIFIED", dict(items[0])
+                    continue
+                if not error.transient:
+                    raise
+                failures += 1
+                wait = self._retry.delay(failures, error, deadline - time.monotonic())
+                logs.get().warning("watching the pod again after a transient error",
+                                   attempt=failures, action=f"watching pod {self.namespace}/"
+                                   f"{name}", error=str(error), retry_in=f"{wait:.1f}s")
+                time.sleep(wait)
+
+    def wait_gone(self, name: str, timeout: float) -> bool:
+        """Wait until the pod no longer exists; False if it is still there after `timeout`."""
+        deadline = time.monotonic() + timeout
+        pod = self.read_pod(name)
+        if pod is None:
+            return True
+        for _kind, obj in self.pod_updates(pod, deadline):
+            if obj is None:
+                return True
+        return self.read_pod(name) is None
+
+    # --- exec (see `streams`) ----------------------------------------------------------
+
+    def exec_stream(self, pod: str, container: str, argv: list[str], stdin: bytes | None,
+                    out: Sink, err: Sink, stall_seconds: float) -> bytes:
+        """Run `argv` in the container, `stdin` sent first; see `streams.exec_stream`."""
+        return streams.exec_stream(self._exec_core, self.namespace, self._timeout, pod,
+                                   container, argv, stdin, out, err, stall_seconds)
+
+    def run_quiet(self, pod: str, container: str, argv: list[str],
+                  timeout: float) -> tuple[int, bytes]:
+        """A short command's exit code and combined output; see `streams.run_quiet`."""
+        return streams.run_quiet(self._exec_core, self.namespace, self._timeout, pod,
+                                 container, argv, timeout)
+
+
+def owner_reference(pod: dict[str, Any]) -> dict[str, Any]:
+    """An ownerReference to the pod: Kubernetes deletes the dependent with it."""
+    metadata = pod["metadata"]
+    return {"apiVersion": "v1", "kind": "Pod", "name": metadata["name"],
+            "uid": metadata["uid"], "blockOwnerDeletion": False}

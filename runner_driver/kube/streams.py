@@ -1,0 +1,200 @@
+"""Commands run in a container over the exec websocket, their output passed on as it comes.
+
+The exec handshake is bounded (the client would wait for ever on a server that never
+answers), frames are read here rather than by the client (which copies and keeps all
+output), and a connection that carries nothing for too long is given up as transient.
+What the command's exit code means is the caller's business: this module only reads
+it from the final Status.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import websocket
+from kubernetes.stream import stream, ws_client
+
+from ..errors import ClusterError
+from .errors import api_error, is_transient
+
+STDIN_CHUNK = 32 * 1024
+# `stream()` with the client's own `capture_all` switched off: by default it keeps a
+# second copy of every output byte for read_all(), so memory would grow with the log.
+_stream_uncaptured = functools.partial(
+    stream.func, functools.partial(ws_client.websocket_call, capture_all=False), None)
+CHANNEL_STDOUT, CHANNEL_STDERR, CHANNEL_ERROR = 1, 2, 3
+PUMP_TICK_SECONDS = 1.0
+
+Sink = Callable[[memoryview], object]  # a view into the frame: copy it to keep it
+
+
+def exec_stream(core: Any, namespace: str, request_timeout: float, pod: str, container: str,
+                argv: list[str], stdin: bytes | None, out: Sink, err: Sink,
+                stall_seconds: float) -> bytes:
+    """Run `argv` in the container, `stdin` sent first, output passed to the sinks.
+
+    `core` is a CoreV1Api of its own (exec swaps its ApiClient's request method).
+    Returns the exec's final status (JSON bytes; empty when the connection ended
+    without one).
+
+    Raises:
+        ClusterError: the exec could not start, or the connection failed or carried
+            nothing for `stall_seconds` (then `transient`).
+    """
+    what = f"running a command in container {container} of pod {namespace}/{pod}"
+    with _exec_session(core, namespace, request_timeout, pod, container, argv,
+                       stdin=stdin is not None) as session:
+        try:
+            for offset in range(0, len(stdin or b""), STDIN_CHUNK):
+                session.write_stdin((stdin or b"")[offset:offset + STDIN_CHUNK])
+            return _pump(session, out, err, deadline=None, stall=stall_seconds)
+        except _Stalled as error:
+            raise ClusterError(f"{what}: the exec connection carried nothing for "
+                               f"{error.seconds:g}s", transient=True) from error
+        except (OSError, websocket.WebSocketException) as error:
+            raise ClusterError(f"{what}: the exec connection failed: {error}",
+                               transient=True) from error
+
+
+def run_quiet(core: Any, namespace: str, request_timeout: float, pod: str, container: str,
+              argv: list[str], timeout: float) -> tuple[int, bytes]:
+    """Run a short command without stdin; its exit code and combined output."""
+    what = f"running a command in container {container} of pod {namespace}/{pod}"
+    output = bytearray()
+    with _exec_session(core, namespace, request_timeout, pod, container, argv,
+                       stdin=False) as session:
+        try:
+            status = _pump(session, output.extend, output.extend,
+                           deadline=time.monotonic() + timeout, stall=None)
+        except (OSError, websocket.WebSocketException) as error:
+            raise ClusterError(f"{what}: the exec connection failed: {error}",
+                               transient=True) from error
+    return exit_code(what, status), bytes(output)
+
+
+@contextmanager
+def _exec_session(core: Any, namespace: str, request_timeout: float, pod: str,
+                  container: str, argv: list[str], stdin: bool) -> Iterator[Any]:
+    what = f"starting a command in container {container} of pod {namespace}/{pod}"
+    try:
+        # The client opens exec websockets with no timeout at all: a server that
+        # accepts the connection and never answers would block the handshake for
+        # ever, so it is bounded from outside, and frame reads by a socket timeout.
+        with _time_limit(request_timeout):
+            session = _stream_uncaptured(
+                core.connect_get_namespaced_pod_exec, pod, namespace,
+                container=container, command=argv, stdin=stdin, stdout=True, stderr=True,
+                tty=False, binary=True, _preload_content=False)
+        session.sock.settimeout(request_timeout)
+    except Exception as error:
+        raise api_error(what, error) from error
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in the block after `seconds` (main thread only; else unbounded)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(_signum: int, _frame: Any) -> None:
+        raise TimeoutError(f"no answer within {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class _Stalled(Exception):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no data for {seconds:g}s")
+        self.seconds = seconds
+
+
+def _pump(session: Any, out: Sink, err: Sink, deadline: float | None,
+          stall: float | None) -> bytes:
+    """Pass an exec's stdout and stderr to the sinks frame by frame; its status bytes.
+
+    It reads the websocket itself: the client's `WSClient.update` takes every frame
+    already available before it returns, appending each to a bytes buffer, so a fast
+    producer makes it copy quadratically and hold all output in memory. Reads wait at
+    most a second, so the stall and the deadline are checked without a poll per frame
+    (websocket-client resumes a frame that a timeout interrupted).
+    """
+    ws = session.sock
+    ws.settimeout(PUMP_TICK_SECONDS)
+    status = bytearray()
+    last = time.monotonic()
+    while True:
+        try:
+            opcode, frame = ws.recv_data_frame(True)
+        except websocket.WebSocketTimeoutException:
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                break
+            if stall is not None and now - last > stall:
+                raise _Stalled(stall) from None
+            continue
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            break
+        data = frame.data if opcode in (websocket.ABNF.OPCODE_BINARY,
+                                        websocket.ABNF.OPCODE_TEXT) else b""
+        if len(data) < 2:
+            continue
+        last = time.monotonic()
+        channel, payload = data[0], memoryview(data)[1:]  # no copy of the payload
+        if channel == CHANNEL_STDOUT:
+            out(payload)
+        elif channel == CHANNEL_STDERR:
+            err(payload)
+        elif channel == CHANNEL_ERROR:
+            status += payload
+        if deadline is not None and last > deadline:
+            break
+    return bytes(status)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of `data` to a file descriptor."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def exit_code(what: str, raw: bytes) -> int:
+    """The exit code in an exec's final Status; no status means the state is unknown."""
+    if not raw:
+        raise ClusterError(f"{what}: the connection ended before the exit status arrived; "
+                           "the command's outcome is unknown", transient=True)
+    try:
+        status = json.loads(raw)
+    except ValueError as error:
+        raise ClusterError(f"{what}: unreadable exit status {raw[:200]!r}") from error
+    if status.get("status") == "Success":
+        return 0
+    if status.get("reason") == "NonZeroExitCode":
+        for cause in (status.get("details") or {}).get("causes") or ():
+            if cause.get("reason") == "ExitCode":
+                return int(cause.get("message"))
+    raise ClusterError(f"{what}: {status.get('code', '')} {status.get('reason', 'Failure')}: "
+                       f"{status.get('message', 'no message')}",
+                       status=int(status.get("code") or 0) or None,
+                       transient=is_transient(int(status.get("code") or 0) or None,
+                                              str(status.get("message") or "")))
