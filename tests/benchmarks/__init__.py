@@ -1,4 +1,4 @@
-"""The driver's benchmark suite (issue 5), run with `make benchmark`, never by pytest.
+"""The driver's benchmark suite (issues 5, 12 and 13), run with `make benchmark`, never by pytest.
 
 It measures, on the embedded emulated cluster and through the runner emulator that calls
 the installed driver exactly as gitlab-runner does, what the driver itself costs a job:

@@ -32,20 +32,23 @@ from .harness import Bench
 from .items import Item, Row
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
-ALL_ITEMS = ("1", "2", "3", "4", "5", "6", "7")
+ALL_ITEMS = ("1", "2", "3", "4", "5", "6", "7", "8")
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.benchmarks",
-        description="Benchmark runner-driver on the embedded emulated cluster (issue 5).")
+        description="Benchmark runner-driver on the embedded emulated cluster "
+                    "(issues 5, 12 and 13).")
     parser.add_argument("--only", default=",".join(ALL_ITEMS), metavar="ITEMS",
-                        help="comma-separated measurements to run, of 1-7 (default: all)")
+                        help="comma-separated measurements to run, of 1-8 (default: all)")
     parser.add_argument("--long-job-seconds", type=float, default=300.0,
                         help="duration of the long job of item 5 (default: 300)")
     parser.add_argument("--jobs", type=int, default=50,
                         help="concurrent jobs of item 6 (default: 50)")
+    parser.add_argument("--footprint-jobs", type=int, default=20,
+                        help="concurrent jobs of item 8 (default: 20)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
                         help=f"where to write the results (default: {DEFAULT_JSON})")
     parser.add_argument("--driver", default="", metavar="COMMAND",
@@ -124,6 +127,8 @@ def run_item(key: str, bench: Bench, args: argparse.Namespace,
         return items.api_requests(bench, args.long_job_seconds)
     if key == "7":
         return items.dead_api_server(bench)
+    if key == "8":
+        return items.footprint(bench, args.footprint_jobs)
     floor = done["2"].data.get("floor", {}).get("median") if "2" in done else None
     return items.concurrent_jobs(bench, args.jobs, floor)
 
@@ -190,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine["load_average_end"] = os.getloadavg()
     report = {"machine": machine,
               "options": {"only": args.items, "long_job_seconds": args.long_job_seconds,
-                          "jobs": args.jobs},
+                          "jobs": args.jobs, "footprint_jobs": args.footprint_jobs},
               "runtime_seconds": runtime,
               "table": [r.__dict__ for r in table if isinstance(r, Row)],
               "items": {key: {"title": item.title, **item.data} for key, item in done.items()},

@@ -1,4 +1,4 @@
-"""The measurements of issues 5 (1-6) and 12 (7), each returning table rows and samples.
+"""The measurements of issues 5 (1-6), 12 (7) and 13 (8), each returning rows and samples.
 
 Every function runs real jobs through the runner emulator against the bench's emulated
 cluster; nothing is estimated. Times are seconds in the data and milliseconds in the
@@ -8,6 +8,7 @@ in the same container (`Bench.floor`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import tempfile
@@ -45,6 +46,8 @@ RSS_TARGET_KB = 80_000
 RSS_GROWTH_ALLOWED = 1.10  # "the same at 20 MB and 200 MB": within 10 %
 REQUESTS_TARGET = 25
 DEAD_API_JOB_TARGET = 240.0  # issue 12: "under 4 minutes"
+FOOTPRINT_TARGET_KB = 10_000  # issue 13: summed PSS per concurrent job
+GITLAB_EXECUTOR_KB = 2_500  # issue 13's reference: GitLab's Kubernetes executor per job
 
 
 @dataclass
@@ -476,5 +479,91 @@ def dead_api_server(bench: Bench) -> Item:
         Row(f"  {len(prepares)} prepares / {len(cleanups)} cleanups",
             f"{' '.join(f'{s:.1f}' for s in prepares)} s / "
             f"{' '.join(ms(s) for s in cleanups)}"),
+    ]
+    return item
+
+
+# --- 8. the runner manager's footprint at N concurrent jobs ---------------------------------
+
+
+def driver_processes(driver: list[str]) -> dict[int, int]:
+    """PSS in kB of every live process running the driver's command (agents, stage
+    processes, anything they forked without exec), by pid."""
+    found: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if driver[0].encode() not in argv:
+                continue
+            for line in (entry / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    found[int(entry.name)] = int(line.split()[1])
+                    break
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or a zombie without maps
+    return found
+
+
+def footprint(bench: Bench, jobs: int, hold_seconds: float = 6.0) -> Item:
+    """`jobs` jobs prepared, then all in a build_script at once: the summed PSS of every
+    driver process, sampled while they run, and the driver processes left afterwards.
+
+    PSS shares each page among the processes that map it, so the sum is what the
+    runner's host really spends on the driver, however the work is split into processes.
+    """
+    item = Item(f"8. footprint at {jobs} concurrent jobs (summed PSS of driver processes)")
+    ready = threading.Barrier(jobs + 1)
+    outcomes: list[BaseException | None] = [None] * jobs
+    finished = threading.Event()
+    remaining = [jobs]
+    lock = threading.Lock()
+
+    def one(index: int, job_id: int) -> None:
+        runner = bench.runner(stage_timeout_seconds=600.0)
+        try:
+            with bench.session(runner, Job(job_id=job_id)) as session:
+                ready.wait(timeout=600)
+                session.run_body("build_script", f"sleep {hold_seconds}\n")
+        except BaseException as error:  # reported, not raised: the other jobs go on
+            outcomes[index] = error
+            ready.abort()
+        finally:
+            with lock:
+                remaining[0] -= 1
+                if not remaining[0]:
+                    finished.set()
+
+    threads = [threading.Thread(target=one, args=(i, bench.job_id()), daemon=True)
+               for i in range(jobs)]
+    for thread in threads:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a job failed: said below
+        ready.wait(timeout=600)
+    samples: list[dict[str, Any]] = []
+    while not finished.wait(0.25):
+        found = driver_processes(bench.driver)
+        samples.append({"at": time.monotonic(), "processes": len(found),
+                        "pss_kb": sum(found.values())})
+    for thread in threads:
+        thread.join()
+    ended = time.monotonic()
+    failures = [repr(o) for o in outcomes if o is not None]
+    time.sleep(5.0)
+    left = driver_processes(bench.driver)
+    peak = max(samples, key=lambda s: s["pss_kb"]) if samples else {"pss_kb": 0, "processes": 0}
+    per_job = peak["pss_kb"] / jobs
+    item.data = {"jobs": jobs, "samples": samples, "peak": peak, "per_job_kb": per_job,
+                 "failures": failures, "left_after_5s": left, "ended_at": ended}
+    item.rows = [
+        Row("jobs failed", f"{len(failures)} of {jobs}", "0", "PASS" if not failures else "FAIL"),
+        Row("peak summed PSS per concurrent job", f"{per_job / 1000:.1f} MB",
+            f"<= {FOOTPRINT_TARGET_KB / 1000:.0f} MB", at_most(per_job, FOOTPRINT_TARGET_KB)),
+        Row("  at that peak: total / driver processes",
+            f"{peak['pss_kb'] / 1000:.0f} MB / {peak['processes']}",
+            f"GitLab executor: {GITLAB_EXECUTOR_KB / 1000:.1f} MB per job"),
+        Row("driver processes left 5 s after the last cleanup", str(len(left)), "0",
+            "PASS" if not left else "FAIL"),
     ]
     return item
