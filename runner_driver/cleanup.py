@@ -26,7 +26,7 @@ from .runner_env import JobContext
 def cleanup(cluster: Cluster, job: JobContext) -> bool:
     """Delete the pod prepare recorded for `job`; False when there was nothing to delete."""
     log = logs.get()
-    record = jobrecord.read(job.tmpdir) if job.tmpdir else None
+    record = jobrecord.read(job.tmpdir)
     if record is None:
         log.info("nothing to clean up: prepare created no pod for this job")
         return False

@@ -88,10 +88,11 @@ def write(tmpdir: str, record: PodRecord) -> None:
         raise ValueError("a pod record field holds a newline")
     final = path_in(tmpdir)
     partial = f"{final}.{os.getpid()}.tmp"
+    # No fsync: the record guards against a killed stage, not a lost host (which takes
+    # the runner and this directory with it), and rename alone is atomic for readers.
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, text.encode())
-        os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(partial, final)

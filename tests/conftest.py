@@ -46,6 +46,11 @@ def wait_for(predicate: Callable[[], T | None], timeout: float = 15.0,
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
 
+# Tests that need a process of another uid, which only root can make (setuid). CI runs
+# as root, so they run there; elsewhere they are skipped rather than faked.
+ROOT_ONLY = pytest.mark.skipif(os.getuid() != 0, reason="a process of another uid can only be "
+                               "made by root (setuid); CI runs as root, so it runs there")
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedCluster]:

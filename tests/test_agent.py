@@ -29,7 +29,7 @@ from runner_driver.emulator import EmulatedCluster
 from runner_driver.emulator.demo import driver_command
 from runner_driver.emulator.runner import Job, JobSession, RunnerEmulator, bash_script
 from runner_driver.runner_env import ExitCodes
-from tests.conftest import make_runner, next_job_id, pods_left, wait_for
+from tests.conftest import ROOT_ONLY, make_runner, next_job_id, pods_left, wait_for
 
 NS = "default"
 DRIVER = driver_command()
@@ -271,8 +271,7 @@ def test_no_agent_in_a_directory_other_users_can_enter(runner: RunnerEmulator,
     assert session.job_env["RUNNER_DRIVER_POD"] not in pods_left(core)
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="a process of another uid can only be made by root "
-                    "(setuid); CI runs as root, so it runs there")
+@ROOT_ONLY
 def test_the_agent_serves_no_other_user(runner: RunnerEmulator) -> None:
     """Even with the socket reachable and the job's nonce, another uid gets no answer."""
     # Under /tmp itself, so that another user can reach it once we open it up.

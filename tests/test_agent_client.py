@@ -27,6 +27,7 @@ from runner_driver.agent_client import (
     stats_for,
 )
 from runner_driver.runner_env import JobContext, new_nonce
+from tests.conftest import ROOT_ONLY
 
 # The job's nonce as `config` mints it, and another job's.
 NONCE = "0123456789abcdef0123456789abcdef"
@@ -408,10 +409,6 @@ def test_a_listener_of_our_own_uid_is_connected_to(tmp_path: Path) -> None:
             conn.close()
         assert process.stdout is not None
         assert process.stdout.readline() == "b'hello'\n"
-
-
-ROOT_ONLY = pytest.mark.skipif(os.getuid() != 0, reason="a process of another uid can only be "
-                               "made by root (setuid); CI runs as root, so it runs there")
 
 
 @ROOT_ONLY
