@@ -52,13 +52,8 @@ STAGES = ("prepare", "run", "cleanup")
 TICK_SECONDS = 0.5
 
 
-def start(path: str, execute: Execute, idle_timeout: float, nonce: str,
-          warm_up: Callable[[], None] = lambda: None) -> bool:
+def start(path: str, execute: Execute, idle_timeout: float, nonce: str) -> bool:
     """Leave an agent serving the job at `path`; False when one already answers there.
-
-    `warm_up` runs first, here: the agent and every stage process inherit what it loads.
-    (In the agent it would race the next stage, whose client gives up after
-    GREETING_TIMEOUT_SECONDS on a busy machine.)
 
     Raises:
         OSError: the socket could not be created (the stages then run in-process).
@@ -68,8 +63,6 @@ def start(path: str, execute: Execute, idle_timeout: float, nonce: str,
     listener = _listen(path)
     if listener is None:
         return False
-    with contextlib.suppress(Exception):  # a stage will meet the same error and report it
-        warm_up()
     sys.stdout.flush()
     sys.stderr.flush()
     child = os.fork()

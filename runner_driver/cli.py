@@ -293,7 +293,7 @@ def _dispatch(stage: str, arguments: Mapping[str, Any], wire: Callable[[], Wirin
 
 def _leave_agent(wiring: Wiring, agent_spec: str | None, nonce: str) -> None:
     """Fork the job's agent, so later stages start warm (see `agent`)."""
-    from . import agent, kube, logs
+    from . import agent, logs
 
     if agent_spec is None or not wiring.settings.agent.enabled:
         return
@@ -312,8 +312,7 @@ def _leave_agent(wiring: Wiring, agent_spec: str | None, nonce: str) -> None:
         return execute(stage, arguments, codes, lambda: served, None)
 
     try:
-        agent.start(path, serve, wiring.settings.agent.idle_timeout_seconds, nonce,
-                    lambda: kube.warm_up(wiring.connection))
+        agent.start(path, serve, wiring.settings.agent.idle_timeout_seconds, nonce)
     except OSError as error:
         logs.get().info("could not start the job's agent; later stages load the Kubernetes "
                         "client themselves", error=str(error))

@@ -74,8 +74,10 @@ FAST_SCRIPT = (
 # A script that prints slowly (1.6 s) and fails with its own exit code. It stops half-way
 # through each 🚀: an exec cut by time while it waits always leaves the driver holding
 # half a character.
+# Seven ticks (2.8 s) leave room for three cuts and their reconnects on a loaded
+# machine; with four, the third cut could land on the next stage's exec instead.
 SLOW_SCRIPT = (
-    "i=0; while [ $i -lt 4 ]; do printf '\\360\\237'; sleep 0.4; "
+    "i=0; while [ $i -lt 7 ]; do printf '\\360\\237'; sleep 0.4; "
     "printf '\\232\\200 tick %s zażółć\\n' $i; i=$((i + 1)); done",
     "exit 7",
 )

@@ -30,7 +30,6 @@ from runner_driver.emulator import EmulatedCluster
 from runner_driver.errors import ClusterError, ConfigError
 from runner_driver.kube import errors as kube_errors
 from runner_driver.kube import streams
-from runner_driver.kube.connection import _CALLS
 from runner_driver.podstatus import assess
 from runner_driver.settings import KubernetesSettings
 from tests.conftest import HELPER, HELPER_IDLE, job_pod, logged, wait_for
@@ -974,24 +973,21 @@ def test_delete_with_a_uid_spares_a_newer_pod_of_the_same_name(kcluster: kube.Cl
     assert kcluster.delete_pod("reused", uid=new["metadata"]["uid"]) is True
 
 
-def test_warm_up_builds_the_call_validators_without_a_request(
-        kubeconfig: Path, cluster: EmulatedCluster) -> None:
-    """warm_up leaves every API call the stages use ready, and sends nothing."""
+def test_calls_never_load_the_generated_core_api(kubeconfig: Path,
+                                                 cluster: EmulatedCluster) -> None:
+    """Listing, reading and a missing pod's exec go out without importing `CoreV1Api`."""
     probe = (
-        "import sys\nfrom kubernetes import client\nfrom runner_driver import kube\n"
-        "from runner_driver.kube.connection import _CALLS\n"
+        "import sys\nfrom runner_driver import kube\n"
+        "from runner_driver.errors import ClusterError\n"
         "from runner_driver.settings import KubernetesSettings\n"
-        "def ready():\n"
-        "    # pydantic's validate_call keeps its state in the wrapper's closure.\n"
-        "    return [all(c.cell_contents.__self__.__pydantic_complete__\n"
-        "                for c in getattr(client.CoreV1Api, n).__closure__ or ()\n"
-        "                if hasattr(c.cell_contents, '__self__')) for n in _CALLS]\n"
         "connection = kube.connect(KubernetesSettings(kubeconfig=sys.argv[1]), 'test')\n"
-        "print(ready())\nkube.warm_up(connection)\nprint(ready())\n")
+        "pods = kube.Cluster(connection, 10.0, 1.0)\n"
+        "print(pods.list_pods('a=b'), pods.read_pod('nope'))\n"
+        "try:\n    pods.run_quiet('nope', 'build', ['true'], 5.0)\n"
+        "except ClusterError as error:\n    print(error.status)\n"
+        "print('kubernetes.client.api.core_v1_api' in sys.modules)\n")
     before = cluster.request_counts()
     result = subprocess.run([sys.executable, "-c", probe, str(kubeconfig)], capture_output=True,
                             text=True, timeout=60, check=True)
-    assert cluster.request_counts() == before
-    cold, warm = result.stdout.splitlines()
-    assert cold == str([False] * len(_CALLS))
-    assert warm == str([True] * len(_CALLS))
+    assert result.stdout.splitlines() == ["[] None", "404", "False"], result.stderr
+    assert sum(cluster.request_counts().values()) > sum(before.values())

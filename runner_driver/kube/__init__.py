@@ -10,14 +10,15 @@ GitLab's own executor learned to retry) are retried, with one backoff policy, wi
 what a job means: it never maps outcomes to exit codes and never prints to the job log.
 
 `connection` finds credentials, `errors` classifies failures, `retry` says how long to
-wait, `pods` holds the calls and the watch, `streams` runs commands over exec.
+wait, `rest` sends the requests, `pods` holds the calls and the watch, `streams` runs
+commands over exec.
 """
 
-from .connection import Connection, connect, warm_up
+from .connection import Connection, connect
 from .errors import api_error
 from .pods import Cluster, owner_reference
 from .retry import RetryPolicy
 from .streams import Sink, exit_code, write_all
 
 __all__ = ["Cluster", "Connection", "RetryPolicy", "Sink", "api_error", "connect",
-           "exit_code", "owner_reference", "warm_up", "write_all"]
+           "exit_code", "owner_reference", "write_all"]

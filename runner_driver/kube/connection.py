@@ -1,13 +1,12 @@
 """Finding cluster credentials, and getting the client ready before a job needs it.
 
 `connect` looks where every Kubernetes tool looks and turns anything unusable into a
-`ConfigError` naming the place and the setting to fix. It sends no request, and
-neither does `warm_up`: both may run before we know a job will talk to the cluster.
+`ConfigError` naming the place and the setting to fix. It sends no request: it may run
+before we know a job will talk to the cluster.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,12 +20,6 @@ from ..errors import ConfigError
 from ..settings import KubernetesSettings
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-# The API calls the stages make.
-_CALLS = ("connect_get_namespaced_pod_exec", "create_namespaced_pod", "read_namespaced_pod",
-          "list_namespaced_pod", "delete_namespaced_pod", "list_namespaced_event",
-          "create_namespaced_secret", "list_namespaced_secret", "delete_namespaced_secret")
-
-
 @dataclass(frozen=True)
 class Connection:
     """A configured client and the namespace the driver works in."""
@@ -82,24 +75,6 @@ def connect(settings: KubernetesSettings, source: str,
     # every retry goes through `Cluster._call`, where it is bounded and logged.
     configuration.retries = False
     return Connection(configuration, namespace or "default", configuration.host)
-
-
-def warm_up(connection: Connection) -> None:
-    """Do now what the client does on first use, so the job's agent does it once.
-
-    The client imports its API classes and their ~250 models lazily (about 0.3 s of
-    CPU), and builds each API method's argument validator (pydantic `validate_call`
-    with `defer_build`) on its first call, a few ms each. A call with no arguments
-    fails that validation before any request is made, and leaves the validator built.
-    """
-    # Validators belong to the class: any CoreV1Api instance builds them for all.
-    api = client.CoreV1Api(client.ApiClient(connection.configuration))
-    for model in ("V1Pod", "V1PodList", "V1Status", "CoreV1EventList", "V1Secret",
-                  "V1SecretList", "V1DeleteOptions", "V1WatchEvent"):
-        getattr(client, model)
-    for name in _CALLS:
-        with contextlib.suppress(Exception):
-            getattr(api, name)(None, None)
 
 
 def _read(path: Path) -> str:

@@ -12,21 +12,19 @@ pod's disappearance.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import urllib3
-from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from .. import logs
 from ..errors import ClusterError
-from . import streams
+from . import rest, streams
 from .connection import Connection
 from .errors import api_error
+from .rest import Query, Rest
 from .retry import API_RETRY
 from .streams import Sink
 
@@ -41,26 +39,24 @@ class Cluster:
         self.retry_timeout = retry_timeout
         self._retry = dataclasses.replace(API_RETRY, budget=retry_timeout)
         self._timeout = request_timeout
-        self._configuration = connection.configuration
-        self._core = client.CoreV1Api(client.ApiClient(connection.configuration))
+        self._rest = Rest(connection.configuration)
 
-    @functools.cached_property
-    def _exec_core(self) -> Any:
-        # `stream()` swaps the request method of the ApiClient it uses: exec gets its own,
-        # made only by the stages that exec.
-        return client.CoreV1Api(client.ApiClient(self._configuration))
+    def _params(self, name: str = "") -> dict[str, str]:
+        return {"namespace": self.namespace, "name": name} if name \
+            else {"namespace": self.namespace}
 
-    def _once(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _once(self, what: str, method: str, path: str, name: str = "", query: Query = (),
+              body: Any = None) -> Any:
         try:
-            response = call(*args, _preload_content=False, _request_timeout=self._timeout,
-                            **kwargs)
-            return json.loads(response.data)
+            return self._rest.call(method, path, self._params(name), self._timeout, query,
+                                   body)
         except Exception as error:
             raise api_error(what, error) from error
 
-    def _call(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, method: str, path: str, name: str = "", query: Query = (),
+              body: Any = None) -> Any:
         """One API request, retried while it fails transiently."""
-        return self._retry.retrying(what)(self._once, what, call, *args, **kwargs)
+        return self._retry.retrying(what)(self._once, what, method, path, name, query, body)
 
     # --- pods -------------------------------------------------------------------
 
@@ -79,8 +75,7 @@ class Cluster:
         def attempt() -> Any:
             nonlocal reached
             try:
-                return self._once(what, self._core.create_namespaced_pod, self.namespace,
-                                  manifest)
+                return self._once(what, "POST", rest.pods(self.namespace), body=manifest)
             except ClusterError as error:
                 reached = reached or not error.unsent
                 raise
@@ -96,8 +91,8 @@ class Cluster:
     def read_pod(self, name: str) -> dict[str, Any] | None:
         """The pod, or None when it does not exist."""
         try:
-            return dict(self._call(f"reading pod {self.namespace}/{name}",
-                                   self._core.read_namespaced_pod, name, self.namespace))
+            return dict(self._call(f"reading pod {self.namespace}/{name}", "GET",
+                                   rest.pods(self.namespace, name), name))
         except ClusterError as error:
             if error.status == 404:
                 return None
@@ -105,9 +100,8 @@ class Cluster:
 
     def list_pods(self, label_selector: str) -> list[dict[str, Any]]:
         """The pods whose labels match `label_selector`."""
-        listed = self._call(f"listing pods in {self.namespace} ({label_selector})",
-                            self._core.list_namespaced_pod, self.namespace,
-                            label_selector=label_selector)
+        listed = self._call(f"listing pods in {self.namespace} ({label_selector})", "GET",
+                            rest.pods(self.namespace), query=[("labelSelector", label_selector)])
         return list(listed.get("items") or [])
 
     def delete_pod(self, name: str, grace_seconds: int | None = None, uid: str = "") -> bool:
@@ -117,19 +111,20 @@ class Cluster:
         name makes the API server refuse with 409 Conflict. Objects the pod owns (see
         `owner_reference`) are removed by Kubernetes with it.
         """
-        options: dict[str, Any] = {"propagation_policy": "Background"}
+        options: dict[str, Any] = {"propagationPolicy": "Background"}
         if grace_seconds is not None:
-            options["grace_period_seconds"] = grace_seconds
+            options["gracePeriodSeconds"] = grace_seconds
         return self._delete(f"deleting pod {self.namespace}/{name}",
-                            self._core.delete_namespaced_pod, name, uid, options)
+                            rest.pods(self.namespace, name), name, uid, options)
 
-    def _delete(self, what: str, call: Callable[..., Any], name: str, uid: str,
+    def _delete(self, what: str, path: str, name: str, uid: str,
                 options: dict[str, Any]) -> bool:
         """A delete (of incarnation `uid` only, when given); False when already gone."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", **options}
         if uid:
-            options = {**options, "body": {"preconditions": {"uid": uid}}}
+            body["preconditions"] = {"uid": uid}
         try:
-            self._call(what, call, name, self.namespace, **options)
+            self._call(what, "DELETE", path, name, body=body)
         except ClusterError as error:
             if error.status == 404:
                 return False
@@ -143,9 +138,8 @@ class Cluster:
         otherwise show up again.
         """
         selector = f"involvedObject.name={name}" + (f",involvedObject.uid={uid}" if uid else "")
-        listed = self._call(f"listing events of pod {self.namespace}/{name}",
-                            self._core.list_namespaced_event, self.namespace,
-                            field_selector=selector)
+        listed = self._call(f"listing events of pod {self.namespace}/{name}", "GET",
+                            rest.events(self.namespace), query=[("fieldSelector", selector)])
         items = list(listed.get("items") or [])
         items.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
         return items
@@ -157,38 +151,36 @@ class Cluster:
         body = {**manifest, "metadata": {**manifest["metadata"],
                                          "ownerReferences": [owner_reference(owner)]}}
         name = body["metadata"]["name"]
-        return dict(self._call(f"creating secret {self.namespace}/{name}",
-                               self._core.create_namespaced_secret, self.namespace, body))
+        return dict(self._call(f"creating secret {self.namespace}/{name}", "POST",
+                               rest.secrets(self.namespace), body=body))
 
     def list_secrets(self, label_selector: str) -> list[dict[str, Any]]:
         """The secrets whose labels match `label_selector` (values are not used)."""
-        listed = self._call(f"listing secrets in {self.namespace} ({label_selector})",
-                            self._core.list_namespaced_secret, self.namespace,
-                            label_selector=label_selector)
+        listed = self._call(f"listing secrets in {self.namespace} ({label_selector})", "GET",
+                            rest.secrets(self.namespace),
+                            query=[("labelSelector", label_selector)])
         return list(listed.get("items") or [])
 
     def delete_secret(self, name: str, uid: str = "") -> bool:
         """Delete a secret (only incarnation `uid` when given); False when already gone."""
         return self._delete(f"deleting secret {self.namespace}/{name}",
-                            self._core.delete_namespaced_secret, name, uid, {})
+                            rest.secrets(self.namespace, name), name, uid, {})
 
     # --- following a pod ------------------------------------------------------------
 
     def _watch_pod(self, name: str, resource_version: str,
                    timeout: float) -> Iterator[tuple[str, dict[str, Any]]]:
         """Events (type, pod) for one pod from `resource_version`, for at most `timeout` s."""
-        watcher = watch.Watch()
+        query = [("fieldSelector", f"metadata.name={name}"), ("allowWatchBookmarks", "true"),
+                 ("timeoutSeconds", str(max(1, int(timeout))))]
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
         try:
-            for event in watcher.stream(
-                    self._core.list_namespaced_pod, self.namespace,
-                    field_selector=f"metadata.name={name}", resource_version=resource_version,
-                    allow_watch_bookmarks=True, timeout_seconds=max(1, int(timeout)),
-                    _request_timeout=timeout + self._timeout):
-                yield str(event.get("type")), dict(event.get("raw_object") or {})
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as error:
+            for event in self._rest.watch(rest.pods(self.namespace), self._params(),
+                                          timeout + self._timeout, query):
+                yield str(event.get("type")), dict(event.get("object") or {})
+        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as error:
             raise api_error(f"watching pod {self.namespace}/{name}", error) from error
-        finally:
-            watcher.stop()
 
     def pod_updates(self, pod: dict[str, Any], deadline: float
                     ) -> Iterator[tuple[str, dict[str, Any] | None]]:
@@ -221,9 +213,9 @@ class Cluster:
                 if error.status == 410:
                     # Our resource version is too old: re-list. The list's own version
                     # is current, where an unchanged pod's would be too old again.
-                    listed = self._call(f"listing pod {self.namespace}/{name}",
-                                        self._core.list_namespaced_pod, self.namespace,
-                                        field_selector=f"metadata.name={name}")
+                    listed = self._call(f"listing pod {self.namespace}/{name}", "GET",
+                                        rest.pods(self.namespace),
+                                        query=[("fieldSelector", f"metadata.name={name}")])
                     items = list(listed.get("items") or [])
                     if not items:
                         yield "DELETED", None
@@ -257,13 +249,13 @@ class Cluster:
     def exec_stream(self, pod: str, container: str, argv: list[str], stdin: bytes | None,
                     out: Sink, err: Sink, stall_seconds: float) -> bytes:
         """Run `argv` in the container, `stdin` sent first; see `streams.exec_stream`."""
-        return streams.exec_stream(self._exec_core, self.namespace, self._timeout, pod,
+        return streams.exec_stream(self._rest, self.namespace, self._timeout, pod,
                                    container, argv, stdin, out, err, stall_seconds)
 
     def run_quiet(self, pod: str, container: str, argv: list[str],
                   timeout: float) -> tuple[int, bytes]:
         """A short command's exit code and combined output; see `streams.run_quiet`."""
-        return streams.run_quiet(self._exec_core, self.namespace, self._timeout, pod,
+        return streams.run_quiet(self._rest, self.namespace, self._timeout, pod,
                                  container, argv, timeout)
 
 

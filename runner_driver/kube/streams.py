@@ -9,7 +9,6 @@ it from the final Status.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -20,28 +19,23 @@ from contextlib import contextmanager
 from typing import Any
 
 import websocket
-from kubernetes.stream import stream, ws_client
 
 from ..errors import ClusterError
+from . import rest
 from .errors import api_error, is_transient
 
 STDIN_CHUNK = 32 * 1024
-# `stream()` with the client's own `capture_all` switched off: by default it keeps a
-# second copy of every output byte for read_all(), so memory would grow with the log.
-_stream_uncaptured = functools.partial(
-    stream.func, functools.partial(ws_client.websocket_call, capture_all=False), None)
 CHANNEL_STDOUT, CHANNEL_STDERR, CHANNEL_ERROR = 1, 2, 3
 PUMP_TICK_SECONDS = 1.0
 
 Sink = Callable[[memoryview], object]  # a view into the frame: copy it to keep it
 
 
-def exec_stream(core: Any, namespace: str, request_timeout: float, pod: str, container: str,
+def exec_stream(api: rest.Rest, namespace: str, request_timeout: float, pod: str, container: str,
                 argv: list[str], stdin: bytes | None, out: Sink, err: Sink,
                 stall_seconds: float) -> bytes:
     """Run `argv` in the container, `stdin` sent first, output passed to the sinks.
 
-    `core` is a CoreV1Api of its own (exec swaps its ApiClient's request method).
     Returns the exec's final status (JSON bytes; empty when the connection ended
     without one).
 
@@ -50,7 +44,7 @@ def exec_stream(core: Any, namespace: str, request_timeout: float, pod: str, con
             nothing for `stall_seconds` (then `transient`).
     """
     what = f"running a command in container {container} of pod {namespace}/{pod}"
-    with _exec_session(core, namespace, request_timeout, pod, container, argv,
+    with _exec_session(api, namespace, request_timeout, pod, container, argv,
                        stdin=stdin is not None) as session:
         try:
             for offset in range(0, len(stdin or b""), STDIN_CHUNK):
@@ -64,12 +58,12 @@ def exec_stream(core: Any, namespace: str, request_timeout: float, pod: str, con
                                transient=True) from error
 
 
-def run_quiet(core: Any, namespace: str, request_timeout: float, pod: str, container: str,
+def run_quiet(api: rest.Rest, namespace: str, request_timeout: float, pod: str, container: str,
               argv: list[str], timeout: float) -> tuple[int, bytes]:
     """Run a short command without stdin; its exit code and combined output."""
     what = f"running a command in container {container} of pod {namespace}/{pod}"
     output = bytearray()
-    with _exec_session(core, namespace, request_timeout, pod, container, argv,
+    with _exec_session(api, namespace, request_timeout, pod, container, argv,
                        stdin=False) as session:
         try:
             status = _pump(session, output.extend, output.extend,
@@ -81,7 +75,7 @@ def run_quiet(core: Any, namespace: str, request_timeout: float, pod: str, conta
 
 
 @contextmanager
-def _exec_session(core: Any, namespace: str, request_timeout: float, pod: str,
+def _exec_session(api: rest.Rest, namespace: str, request_timeout: float, pod: str,
                   container: str, argv: list[str], stdin: bool) -> Iterator[Any]:
     what = f"starting a command in container {container} of pod {namespace}/{pod}"
     try:
@@ -89,10 +83,10 @@ def _exec_session(core: Any, namespace: str, request_timeout: float, pod: str,
         # accepts the connection and never answers would block the handshake for
         # ever, so it is bounded from outside, and frame reads by a socket timeout.
         with _time_limit(request_timeout):
-            session = _stream_uncaptured(
-                core.connect_get_namespaced_pod_exec, pod, namespace,
-                container=container, command=argv, stdin=stdin, stdout=True, stderr=True,
-                tty=False, binary=True, _preload_content=False)
+            session = api.exec_socket(
+                rest.pods(namespace, pod) + "/exec", {"namespace": namespace, "name": pod},
+                [("command", argv), ("container", container), ("stdin", _flag(stdin)),
+                 ("stdout", "true"), ("stderr", "true"), ("tty", "false")])
         session.sock.settimeout(request_timeout)
     except Exception as error:
         raise api_error(what, error) from error
@@ -100,6 +94,10 @@ def _exec_session(core: Any, namespace: str, request_timeout: float, pod: str,
         yield session
     finally:
         session.close()
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
 
 
 @contextmanager
