@@ -10,9 +10,10 @@ copies them through, forwards SIGTERM, and returns the exit code the agent's sta
 computed.
 
 This is the light path: it must import only the standard library, and only its cheap
-C parts. `json`, `socket`, `argparse`, `typing`, `contextlib` and the like each pull in
-`re` or `enum` and cost a stage milliseconds of CPU, a dozen times per job; a test
-pins that. Hence the raw `_socket` and a plain message format (`encode`).
+C parts. `json`, `socket`, `signal`, `argparse`, `typing`, `contextlib` and the like
+each pull in `re` or `enum` and cost a stage milliseconds of CPU, a dozen times per job;
+a test pins that. Hence the raw `_socket` and `_signal`, and a plain message format
+(`encode`).
 The two ends check each other: this client talks only to an agent running as our own
 user (its SO_PEERCRED, checked before anything is sent), and sends the job's nonce,
 which the agent compares with the one its job's `config` minted.
@@ -28,7 +29,6 @@ import errno
 import fcntl
 import os
 import select
-import signal
 import stat
 import sys
 import zlib
@@ -38,10 +38,13 @@ from . import jobrecord
 # Typing names only: importing `typing` costs this path more than the rest together.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import signal as _signal
     from collections.abc import Callable, Mapping
     from types import FrameType
 
     Message = dict[str, str]
+else:
+    import _signal  # `signal` without its enums; typeshed knows it as `signal`
 
 SOCKET_PREFIX = "rd-agent-"
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
@@ -298,11 +301,11 @@ class _TermForwarder:
         self.previous: object = None
 
     def install(self) -> None:
-        self.previous = signal.signal(signal.SIGTERM, self._on_term)
+        self.previous = _signal.signal(_signal.SIGTERM, self._on_term)
 
     def uninstall(self) -> None:
         if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)  # type: ignore[arg-type]
+            _signal.signal(_signal.SIGTERM, self.previous)  # type: ignore[arg-type]
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
@@ -325,9 +328,9 @@ class _TermForwarder:
         if self.target and self.pending:
             try:
                 if self.pidfd >= 0:
-                    signal.pidfd_send_signal(self.pidfd, signal.SIGTERM)
+                    _signal.pidfd_send_signal(self.pidfd, _signal.SIGTERM)
                 else:
-                    os.kill(self.target, signal.SIGTERM)
+                    os.kill(self.target, _signal.SIGTERM)
             except ProcessLookupError:
                 pass
 

@@ -15,7 +15,6 @@ client, structlog or the emulator (a test pins that).
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 from . import __version__, agent_client
@@ -27,7 +26,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Mapping, Sequence
-    from types import FrameType
     from typing import Any
 
     from . import logs
@@ -132,20 +130,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _emulator_command(args)
 
 
-def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
-    # Ignore further SIGTERMs while we stop: the runner escalates to SIGKILL anyway.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Canceled("received SIGTERM")
-
-
-def _on_sigterm_in_cleanup(_signum: int, _frame: FrameType | None) -> None:
-    # Deleting the pod is the whole point of cleanup: let the request in flight land,
-    # but stop within the runner's patience.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGALRM, _on_sigterm)
-    signal.setitimer(signal.ITIMER_REAL, CLEANUP_SIGTERM_GRACE_SECONDS)
-
-
 def stage_call(argv: Sequence[str]) -> tuple[str, str | None, dict[str, str]] | None:
     """A stage call as gitlab-runner makes it, read without argparse; None for the rest.
 
@@ -204,21 +188,21 @@ def execute(stage: str, arguments: Mapping[str, Any], codes: ExitCodes,
     The job's agent runs its stages through here too. `agent_spec` (None in the
     agent) lets `config` and `prepare` leave an agent for the later stages.
     """
-    from . import logs
+    from contextlib import nullcontext
+
+    from . import cancel, logs
 
     redactor = logs.configure()
-    signal.signal(signal.SIGTERM, _on_sigterm_in_cleanup if stage == "cleanup" else _on_sigterm)
     try:
         try:
-            # The agent's stage processes hold SIGTERM back until here (see `agent`):
-            # one that came early is delivered now, inside the try, as a cancel.
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-            return _dispatch(stage, arguments, wire, redactor, agent_spec)
+            cancel.install()
+            # Deleting the pod is the whole point of cleanup: let the request in flight
+            # land, but stop within the runner's patience.
+            with cancel.shielded(CLEANUP_SIGTERM_GRACE_SECONDS) if stage == "cleanup" \
+                    else nullcontext():
+                return _dispatch(stage, arguments, wire, redactor, agent_spec)
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)  # cleanup's SIGTERM grace, if armed
-            # The stage is over: a later SIGTERM must not cut its report short. (Ignored,
-            # not blocked: a blocked signal would stay blocked in every child we start.)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            cancel.uninstall()
     except JobFailed as failure:
         _write_exit_code(codes, failure.exit_code)
         if stage != "run":  # run's failures are the script's own output

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TextIO
 
-from . import jobrecord, logs
+from . import cancel, jobrecord, logs
 from .errors import Canceled, ClusterError, ConfigError, PodStartError
 from .jobrecord import PodRecord
 from .kube import Cluster
@@ -203,10 +203,14 @@ def _show_events(cluster: Cluster, name: str, uid: str, out: TextIO) -> None:
 
 
 def _remove(cluster: Cluster, job: JobContext, record: PodRecord, out: TextIO) -> None:
-    """Delete the pod this attempt created (that incarnation only), and its record."""
+    """Delete the pod this attempt created (that incarnation only), and its record.
+
+    A cancel does not cut the delete short: it has the API retry budget to land.
+    """
     where = f"{cluster.namespace}/{record.name}"
     try:
-        cluster.delete_pod(record.name, grace_seconds=0, uid=record.uid)
+        with cancel.shielded(cluster.retry_timeout):
+            cluster.delete_pod(record.name, grace_seconds=0, uid=record.uid)
     except ClusterError as error:
         if error.status == 409:  # replaced by a pod that is not ours: not ours to delete
             jobrecord.remove(job.tmpdir)

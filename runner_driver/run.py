@@ -16,12 +16,11 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import signal
 import sys
 import time
 from pathlib import Path
 
-from . import logs
+from . import cancel, logs
 from .errors import Canceled, ClusterError, ConfigError, DriverError, JobFailed
 from .inpod import StageControl, launcher_argv, stopper_argv
 from .kube import Cluster, RetryPolicy, write_all
@@ -34,6 +33,8 @@ HELPER_STAGES = frozenset({"prepare_script", "get_sources", "clear_worktree", "r
                            "download_artifacts", "cleanup_file_variables"})
 HELPER_STAGE_PREFIXES = ("archive_cache", "upload_artifacts_")
 STOP_TIMEOUT_SECONDS = 4.0
+# The stop's command, and its exec handshake (bounded by the request timeout) before it.
+STOP_SHIELD_SECONDS = STOP_TIMEOUT_SECONDS + 30.0
 # The launcher says "alive" every ~5 s; a connection silent for four of those is dead
 # even if no error reached us. Heartbeats also count as progress when reconnecting.
 STALL_SECONDS = 20.0
@@ -93,11 +94,8 @@ def run(cluster: Cluster, pod: str, script_path: Path, stage: str, nonce: str,
     except (Canceled, OutputError):
         # Nobody reads the stage any more (a cancel, or the runner gone): stop it, and
         # let no second SIGTERM cut the stop short.
-        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
+        with cancel.shielded(STOP_SHIELD_SECONDS):
             _stop(cluster, pod, container, stage_id, nonce)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
         raise
     if code != 0:
         log.info("stage script failed", exit_code=code)

@@ -37,11 +37,11 @@ DRIVER = driver_command()
 # heavy modules, and the standard library's costly ones.
 HEAVY = ("kubernetes", "urllib3", "websocket", "yaml", "structlog", "tenacity", "pydantic",
          "aiohttp", "asyncio", "typing", "dataclasses", "hashlib", "argparse", "json", "re",
-         "socket", "enum", "pathlib", "contextlib")
+         "socket", "signal", "enum", "pathlib", "contextlib", "collections", "functools")
 # ... and exactly what it loads (standard library C modules, and four of ours).
 LIGHT = {"runner_driver", "runner_driver.cli", "runner_driver.errors",
-         "runner_driver.agent_client", "runner_driver.jobrecord", "_socket", "select",
-         "fcntl", "zlib", "signal"}
+         "runner_driver.agent_client", "runner_driver.jobrecord", "__future__", "_socket",
+         "errno", "select", "fcntl", "zlib"}
 SLOW_LINES = 40  # the resumable script prints one line every 50 ms
 # A job's nonce as `config` mints it, and another job's.
 NONCE = "0123456789abcdef0123456789abcdef"

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +18,7 @@ from typing import Any
 
 import websocket
 
+from .. import cancel
 from ..errors import ClusterError
 from . import rest
 from .errors import api_error, is_transient
@@ -82,7 +81,7 @@ def _exec_session(api: rest.Rest, namespace: str, request_timeout: float, pod: s
         # The client opens exec websockets with no timeout at all: a server that
         # accepts the connection and never answers would block the handshake for
         # ever, so it is bounded from outside, and frame reads by a socket timeout.
-        with _time_limit(request_timeout):
+        with cancel.time_limit(request_timeout):
             session = api.exec_socket(
                 rest.pods(namespace, pod) + "/exec", {"namespace": namespace, "name": pod},
                 [("command", argv), ("container", container), ("stdin", _flag(stdin)),
@@ -98,25 +97,6 @@ def _exec_session(api: rest.Rest, namespace: str, request_timeout: float, pod: s
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
-
-
-@contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Raise TimeoutError in the block after `seconds` (main thread only; else unbounded)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expire(_signum: int, _frame: Any) -> None:
-        raise TimeoutError(f"no answer within {seconds:g}s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 class _Stalled(Exception):

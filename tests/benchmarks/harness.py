@@ -58,6 +58,10 @@ TEN_STAGES = ("prepare_script", "get_sources", "restore_cache", "build_script", 
               "step_test", "after_script", "archive_cache", "upload_artifacts_on_success",
               "cleanup_file_variables")
 AGENT_SETTLE_SECONDS = 1.0
+# Issue 13's yardstick for a stage: the cheapest Python process that opens a socket and
+# speaks JSON, started with the driver's own interpreter, on the same machine, in the
+# same run, so the ratios hold on a slow machine and a fast one alike.
+PYTHON_FLOOR = ("-c", "import socket, json")
 AGENT_SETTLED_DELTA = 0.002  # asking for stats costs the agent a little CPU itself
 
 StatsFunction = Callable[[Mapping[str, str], Path | None], dict[str, Any] | None]
@@ -258,6 +262,28 @@ class Bench:
             raise BenchError(f"the {stage} script exited {code} when run directly in "
                              f"{container}: {output[-400:].decode(errors='replace')}")
         return Floor(stage, container, seconds)
+
+    def python_floor(self) -> tuple[float, float]:
+        """(wall, CPU) seconds of `python -c "import socket, json"` with this interpreter,
+        measured as the runner emulator measures a stage: start to exit and EOF on both
+        pipes, CPU from os.wait4."""
+        started = time.monotonic()
+        process = subprocess.Popen([sys.executable, *PYTHON_FLOOR], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert process.stdout is not None and process.stderr is not None
+        # EOF on both (it prints nothing, so one after the other cannot block); not
+        # communicate(), which reaps the process before wait4 could read its usage.
+        process.stdout.read()
+        process.stderr.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        process.stdout.close()
+        process.stderr.close()
+        wall = time.monotonic() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            raise BenchError(f"{sys.executable} {' '.join(PYTHON_FLOOR)} exited "
+                             f"{process.returncode}")
+        return wall, usage.ru_utime + usage.ru_stime
 
     def shell(self, pod: str, container: str) -> str:
         """The shell the driver picks in this container (the same image in every job)."""
