@@ -1,27 +1,37 @@
-"""The job's agent: one process that keeps the Kubernetes client loaded for the whole job.
+"""The runner's agent: one process that keeps the Kubernetes client loaded for all its jobs.
 
 Each stage gitlab-runner starts is a new process, and loading the `kubernetes` client
-is most of what a stage costs. `config` (or an in-process `prepare`) already has it
-loaded, so it forks this agent, which serves the job's later `prepare`, `run` and
-`cleanup` calls over a Unix socket (`agent_client` is the other end). Each stage runs
-in a child forked from the agent, so it starts warm and runs exactly the code it would
-run in-process (`cli` passes that in as `execute`), with the stage process's exit codes.
+is most of what a stage costs. A stage that loaded it (`config` with no agent to hand
+to, or an in-process `prepare`) forks this agent before it exits. The agent serves
+every later stage of every job of the same gitlab-runner process, settings file and
+kubeconfig, over a Unix socket in a directory private to the user (`agent_client` is
+the other end). Each stage runs in a thread of its own, with the environment and
+the two pipes its stage process sent, through exactly the code it would run
+in-process (`cli` passes that in as `execute`), so 50 concurrent jobs cost one loaded
+client, not 50 (issue 13: the manager's memory).
+
+One job's trouble stays its own: a request is read and checked in its own thread, a
+stage's exception is its exit code, a hung stream holds only its thread, and a stage
+whose client dies is canceled (`cancel.Scope`), as SIGTERM would cancel it in-process.
+If the agent itself dies, every client resumes or reruns its stage in-process.
 
 It must not hold the runner's stdout or stderr: gitlab-runner waits for EOF on both,
 so a daemon holding them would hang the stage that started it. It detaches into its
-own session with /dev/null as stdio before `start` returns, and a stage writes only to
-pipes its client passed. It serves processes of its own user only, through a socket
-in the job's private temporary directory, and only requests that carry its job's
-nonce (the one `config` minted), so no other job's stage is ever served here, even
-by mistake. It ends after `cleanup`, when its socket
-disappears, or after `idle_timeout` with no stage; every stage works without it.
+own session with /dev/null as stdio before `start` returns. Nothing of it outlives its
+runner: it watches the gitlab-runner process (a pidfd on the parent of the stage that
+started it) and, when that exits, cancels its stages and goes within
+RUNNER_GONE_SECONDS. It also ends when the last job it knows has finished `cleanup`,
+when its settings file or kubeconfig changed (the next stage starts a fresh agent),
+when its socket is removed, or after `idle_timeout` with no stage. It is the child
+subreaper of everything below it, so nothing it starts is left a zombie for an init
+the manager's container may not have.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
-import hmac
 import os
 import resource
 import select
@@ -31,58 +41,76 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from .agent_client import (
-    GREETING_TIMEOUT_SECONDS,
-    MESSAGE_LIMIT,
-    Messages,
-    connect,
-    private_directory,
-    reach,
+from . import cancel
+from .agent_client import GREETING_TIMEOUT_SECONDS, connect, reach
+from .agent_protocol import (
+    Accepted,
+    Cancel,
+    Exited,
+    Go,
+    Reader,
+    Refused,
+    StageRequest,
+    Stats,
+    StatsRequest,
     send,
 )
 from .run import new_stage_id
-from .runner_env import ExitCodes, exit_codes
+from .runner_env import StageIO
 
 # Runs one stage as the stage process would, returning its exit code.
-Execute = Callable[[str, dict[str, Any], ExitCodes], int]
-STAGES = ("prepare", "run", "cleanup")
+Execute = Callable[[str, dict[str, Any], StageIO], int]
 TICK_SECONDS = 0.5
+# After the runner exits: how long stages get to stop their scripts before the agent goes.
+RUNNER_GONE_SECONDS = 3.0
+_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+_RECEIVE = 65536
 
 
-def start(path: str, execute: Execute, idle_timeout: float, nonce: str) -> bool:
-    """Leave an agent serving the job at `path`; False when one already answers there.
+def start(path: str, execute: Execute, idle_timeout: float, job: str,
+          stamp: Callable[[], object]) -> bool:
+    """Leave an agent serving this runner at `path`; False when one already answers there.
+
+    `job` (the starting stage's TMPDIR) is the first job it serves; `stamp` tells
+    whether the settings it loaded are still current (its value must not change).
 
     Raises:
         OSError: the socket could not be created (the stages then run in-process).
     """
-    if not nonce:
-        raise OSError("an agent needs its job's nonce")
     listener = _listen(path)
     if listener is None:
         return False
+    runner = _watch(os.getppid())
+    first = stamp()
     sys.stdout.flush()
     sys.stderr.flush()
     child = os.fork()
     if child:
         listener.close()
+        if runner >= 0:
+            os.close(runner)
         os.waitpid(child, 0)  # it forks the agent and exits at once
         return True
     try:
         os.setsid()  # out of the runner's process group: its kill is for the stage
         if os.fork() == 0:
-            _detach(listener.fileno())
-            _Agent(listener, path, execute, idle_timeout, nonce).serve()
+            _detach(listener.fileno(), runner)
+            _Agent(listener, path, execute, idle_timeout, runner, job,
+                   lambda: stamp() == first).serve()
     finally:
         os._exit(0)
 
 
 def _listen(path: str) -> socket.socket | None:
-    if not private_directory(path):
-        raise OSError(f"the job's temporary directory {os.path.dirname(path)} is not "
-                      "private to this user")
+    directory = os.path.dirname(path)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    info = os.stat(directory)
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise OSError(f"the agent directory {directory} is not private to this user")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         try:
@@ -96,58 +124,84 @@ def _listen(path: str) -> socket.socket | None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # left by an agent that died
             reach(path, listener.bind)
-        listener.listen(16)
+        listener.listen(64)
     except OSError:
         listener.close()
         raise
     return listener
 
 
-def _detach(keep: int) -> None:
+def _watch(pid: int) -> int:
+    """A pidfd of the runner process, or -1 (a kernel before 5.3, or it is gone already)."""
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return -1
+
+
+def _detach(*keep: int) -> None:
     """/dev/null as stdio and no other inherited descriptor: nothing of the runner's."""
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     os.close(devnull)
-    os.closerange(3, keep)
-    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
     os.chdir("/")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 class _Agent:
     def __init__(self, listener: socket.socket, path: str, execute: Execute,
-                 idle_timeout: float, nonce: str) -> None:
-        self.nonce = nonce.encode()
+                 idle_timeout: float, runner: int, job: str,
+                 current: Callable[[], bool]) -> None:
         self.listener = listener
         self.path = path
         self.inode = os.stat(path).st_ino
         self.execute = execute
         self.idle_timeout = idle_timeout
-        self.stages: set[int] = set()
+        self.runner = runner  # pidfd of the gitlab-runner process, or -1
+        self.current = current
+        self.lock = threading.Lock()
+        # The jobs it serves, by TMPDIR (one per job), and when each was last heard of.
+        self.jobs: dict[str, float] = {job: time.monotonic()} if job else {}
+        self.scopes: dict[int, cancel.Scope] = {}
+        self.running = 0
         self.served = 0
+        self.active = time.monotonic()
         self.stopping = False
 
     def serve(self) -> None:
-        # Stage processes fork from here: keep the collector off the shared pages.
+        # Keep the collector off the pages every thread shares.
         gc.collect()
         gc.freeze()
-        idle_since = time.monotonic()
-        while True:
-            self._reap()
-            if self.stages:
-                idle_since = time.monotonic()
-            elif (self.stopping or not self._socket_is_ours()
-                  or time.monotonic() - idle_since > self.idle_timeout):
-                break
-            if self.stopping:
-                time.sleep(TICK_SECONDS / 5)
-                continue
-            ready, _, _ = select.select([self.listener], [], [], TICK_SECONDS)
-            if ready:
+        listening = self.listener.fileno()
+        watched = [listening] if self.runner < 0 else [listening, self.runner]
+        while not self._done():
+            ready, _, _ = select.select(watched, [], [], TICK_SECONDS)
+            if self.runner in ready:
+                self._runner_gone()
+                return
+            if listening in ready:
                 self._accept()
-                idle_since = time.monotonic()
+            self._reap()
         self._close()
+
+    def _done(self) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            for job, seen in list(self.jobs.items()):  # a job whose cleanup never came
+                if now - seen > self.idle_timeout:
+                    del self.jobs[job]
+            if self.running:
+                return False
+            return (self.stopping or not self.jobs or not self._socket_is_ours()
+                    or now - self.active > self.idle_timeout)
 
     def _socket_is_ours(self) -> bool:
         try:
@@ -162,110 +216,136 @@ class _Agent:
         self.listener.close()
 
     def _reap(self) -> None:
-        for pid in list(self.stages):
-            with contextlib.suppress(ChildProcessError):
-                done, _status = os.waitpid(pid, os.WNOHANG)
-                if not done:
-                    continue
-            self.stages.discard(pid)
+        """Collect any process that came to us as the subreaper."""
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+
+    def _runner_gone(self) -> None:
+        """The runner exited: cancel the stages as its kill would, then go."""
+        self.stopping = True
+        self._close()
+        with self.lock:
+            scopes = list(self.scopes.values())
+        for scope in scopes:
+            scope.cancel()
+        deadline = time.monotonic() + RUNNER_GONE_SECONDS
+        while self.running and time.monotonic() < deadline:
+            time.sleep(TICK_SECONDS / 5)
 
     def _accept(self) -> None:
         try:
             conn, _ = self.listener.accept()
         except OSError:  # the client gave up already, or we are out of descriptors
             return
+        # A slow or malformed request holds only its own thread.
+        threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
+
+    def _serve_one(self, conn: socket.socket) -> None:
         fds: list[int] = []
         try:
             conn.settimeout(GREETING_TIMEOUT_SECONDS)
             if not _same_user(conn):
                 return
-            data, fds = _receive(conn)
-            request = _request(conn, data)
-            if not hmac.compare_digest(request.get("nonce", "").encode(), self.nonce):
-                send(conn, {"refused": "this agent serves another job"})
-                return
-            if request.get("op") == "stats":
+            data, received, _flags, _addr = socket.recv_fds(conn, _RECEIVE, 2)
+            fds = list(received)
+            reader = Reader(conn)
+            reader.feed(data)
+            request = reader.next()
+            if isinstance(request, StatsRequest):
                 send(conn, self._stats())
                 return
             refusal = self._refusal(request, fds)
-            if refusal:
-                send(conn, {"refused": refusal})
+            if refusal or not isinstance(request, StageRequest):
+                send(conn, Refused(refusal or "unknown request"))
                 return
-            if request["stage"] == "cleanup":
-                # The job is over: later callers run in-process, this agent winds down.
-                self.stopping = True
-                self._close()
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    self._run_stage(conn, request, fds)
-                finally:
-                    os._exit(0)
-            self.stages.add(pid)
-            self.served += 1
+            self._run(conn, reader, request, fds)
         except (OSError, ValueError):
             pass
         finally:
             for fd in fds:
                 os.close(fd)
+            # A shutdown, not just close: the watcher thread blocked in recv on this
+            # socket would keep it open, and the client would wait for EOF for ever.
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
             conn.close()
 
-    def _refusal(self, request: Mapping[str, str], fds: list[int]) -> str:
-        if self.stopping:
-            return "the agent is stopping"
-        if request.get("op") != "stage" or request.get("stage") not in STAGES:
+    def _refusal(self, request: object, fds: list[int]) -> str:
+        if not isinstance(request, StageRequest):
             return "unknown request"
         if len(fds) != 2:
             return "malformed request"
+        if self.stopping:
+            return "the agent is stopping"
+        if not self.current():
+            # The operator changed the settings or credentials: finish what runs, and
+            # let the next stage start an agent that reads the new ones.
+            self.stopping = True
+            self._close()
+            return "the driver's settings changed"
         return ""
 
-    def _stats(self) -> dict[str, int | float]:
-        """CPU and peak memory of the agent and of the stages it served and reaped."""
-        self._reap()
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        stages = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return {"pid": os.getpid(),
-                "cpu_seconds": own.ru_utime + own.ru_stime + stages.ru_utime + stages.ru_stime,
-                "max_handler_rss_kb": stages.ru_maxrss, "rss_kb": own.ru_maxrss,
-                "stages_served": self.served, "stages_running": len(self.stages)}
-
-    def _run_stage(self, conn: socket.socket, request: Mapping[str, str],
-                   fds: list[int]) -> None:
-        """In the stage's own process: greet, wait for the go, run, report the exit code."""
-        # A SIGTERM the client forwards waits until `execute` has its handler in place.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        self.listener.close()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.dup2(fds[0], 1)
-        os.dup2(fds[1], 2)
-        for fd in fds:
-            os.close(fd)
-        stage = request["stage"]
-        arguments: dict[str, Any] = _section(request, "arg.")
-        if stage == "run" and not arguments.get("stage_id"):
+    def _run(self, conn: socket.socket, reader: Reader, request: StageRequest,
+             fds: list[int]) -> None:
+        """Greet, wait for the go, run the stage in this thread, report its exit code."""
+        arguments: dict[str, Any] = dict(request.arguments)
+        if request.stage == "run" and not arguments.get("stage_id"):
             arguments["stage_id"] = new_stage_id(str(arguments.get("stage", "")))
-        send(conn, {"pid": os.getpid(), "stage_id": arguments.get("stage_id", "")})
-        if conn.recv(3, socket.MSG_WAITALL) != b"go\n":
-            return  # the client gave up waiting and runs the stage itself
-        conn.settimeout(None)
-        finished = threading.Event()
-        threading.Thread(target=_cancel_when_gone, args=(conn, finished), daemon=True).start()
-        exit_code = self.execute(stage, arguments, exit_codes(_section(request, "env.")))
-        finished.set()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        with contextlib.suppress(OSError):
-            send(conn, {"exit": exit_code})
+        job = request.environ.get("TMPDIR", "")
+        scope = cancel.Scope()
+        key = threading.get_ident()
+        with self.lock:
+            self.running += 1
+            self.served += 1
+            self.scopes[key] = scope
+            if job:
+                self.jobs[job] = time.monotonic()
+        try:
+            send(conn, Accepted(str(arguments.get("stage_id", ""))))
+            if not isinstance(reader.next(), Go):
+                return  # the client gave up waiting and runs the stage itself
+            conn.settimeout(None)
+            watcher = threading.Thread(target=_cancel_on_word, args=(reader, scope),
+                                       daemon=True)
+            watcher.start()
+            io = StageIO.on_fds(request.environ, fds[0], fds[1])
+            try:
+                with cancel.entered(scope):
+                    code = self.execute(request.stage, arguments, io)
+            finally:
+                for stream in (io.out, io.err):
+                    with contextlib.suppress(OSError, ValueError):
+                        stream.flush()
+            with contextlib.suppress(OSError):
+                send(conn, Exited(code))
+        finally:
+            with self.lock:
+                self.running -= 1
+                self.scopes.pop(key, None)
+                self.active = time.monotonic()
+                if request.stage == "cleanup":
+                    self.jobs.pop(job, None)  # the job is over for the runner
+                elif job in self.jobs:  # (a run that outlived cleanup does not revive it)
+                    self.jobs[job] = time.monotonic()
+
+    def _stats(self) -> Stats:
+        """CPU and memory of the agent, with every stage it ran."""
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        with self.lock:
+            return Stats(os.getpid(), own.ru_utime + own.ru_stime, own.ru_maxrss, self.served,
+                         self.running, len(self.jobs))
 
 
-def _cancel_when_gone(conn: socket.socket, finished: threading.Event) -> None:
-    """The client died (the runner killed it): stop the stage as SIGTERM would."""
-    with contextlib.suppress(OSError):
-        while conn.recv(MESSAGE_LIMIT):
-            pass
-    if not finished.is_set():
-        os.kill(os.getpid(), signal.SIGTERM)
+def _cancel_on_word(reader: Reader, scope: cancel.Scope) -> None:
+    """Cancel the stage when its client says so, or dies (the runner killed it)."""
+    try:
+        while (message := reader.next()) is not None:
+            if isinstance(message, Cancel):
+                break
+    except (OSError, ValueError):
+        pass
+    scope.cancel()
 
 
 def _same_user(conn: socket.socket) -> bool:
@@ -273,20 +353,3 @@ def _same_user(conn: socket.socket) -> bool:
     _pid, uid, _gid = struct.unpack("3i", creds)
     return bool(uid == os.getuid())
 
-
-def _receive(conn: socket.socket) -> tuple[bytes, list[int]]:
-    data, fds, _flags, _addr = socket.recv_fds(conn, MESSAGE_LIMIT, 2)
-    return data, list(fds)
-
-
-def _request(conn: socket.socket, data: bytes) -> dict[str, str]:
-    messages = Messages(conn)
-    messages.feed(data)
-    request = messages.next()
-    if request is None:
-        raise ValueError("connection closed before the request")
-    return request
-
-
-def _section(message: Mapping[str, str], prefix: str) -> dict[str, str]:
-    return {k[len(prefix):]: v for k, v in message.items() if k.startswith(prefix)}

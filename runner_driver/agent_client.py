@@ -1,22 +1,25 @@
-"""Hand a stage to the job's agent, without loading the Kubernetes client.
+"""Hand a stage to the runner's agent, without loading the Kubernetes client.
 
-gitlab-runner starts `prepare`, `run` and `cleanup` as new processes, about a dozen
-per job, and loading the `kubernetes` client costs each of them about half a second
-of CPU. The job's agent (`agent.py`) has the client loaded already, so these stages
-first try to hand their work to it: this module connects to the agent's socket in the
-job's private temporary directory, passes two fresh pipes for the stage's stdout and
-stderr (never the runner's own descriptors, so nothing but this process holds those),
-copies them through, forwards SIGTERM, and returns the exit code the agent's stage
-computed.
+gitlab-runner starts `config`, `prepare`, `run` and `cleanup` as new processes, about a
+dozen per job, and loading the `kubernetes` client costs each of them most of a
+second of CPU. The runner's agent (`agent.py`) has it loaded already and serves every
+job of this runner, so these stages first try to hand their work to it: this module
+connects to the agent's socket, sends the stage with this process's environment and
+two fresh pipes for its stdout and stderr (never the runner's own descriptors, so
+nothing but this process holds those), copies them through, passes SIGTERM on as a
+`Cancel`, and returns the exit code the agent's stage computed.
 
 This is the light path: it must import only the standard library, and only its cheap
 C parts. `json`, `socket`, `signal`, `argparse`, `typing`, `contextlib` and the like
 each pull in `re` or `enum` and cost a stage milliseconds of CPU, a dozen times per job;
-a test pins that. Hence the raw `_socket` and `_signal`, and a plain message format
-(`encode`).
+a test pins that. Hence the raw `_socket` and `_signal`, and `agent_protocol`'s plain
+messages.
 The two ends check each other: this client talks only to an agent running as our own
-user (its SO_PEERCRED, checked before anything is sent), and sends the job's nonce,
-which the agent compares with the one its job's `config` minted.
+user (its SO_PEERCRED, checked before anything is sent), and the agent serves only
+processes of its own user; the socket lives in a directory private to that user. The
+user is the trust boundary: it holds the cluster credentials anyway. Jobs stay apart
+inside the agent because each stage runs with its own environment (its job's payload,
+nonce and private TMPDIR), exactly as it would in-process.
 It must never make a stage fail that would succeed in-process: with no agent, or one
 that refuses, the caller runs the stage itself; when the agent is lost mid-stage,
 `run` resumes in-process from the last byte copied, and the stage is not started twice.
@@ -33,7 +36,17 @@ import stat
 import sys
 import zlib
 
-from . import jobrecord
+from .agent_protocol import (
+    Accepted,
+    Cancel,
+    Exited,
+    Go,
+    Reader,
+    StageRequest,
+    Stats,
+    StatsRequest,
+    send,
+)
 
 # Typing names only: importing `typing` costs this path more than the rest together.
 TYPE_CHECKING = False
@@ -41,23 +54,16 @@ if TYPE_CHECKING:
     import signal as _signal
     from collections.abc import Callable, Mapping
     from types import FrameType
-
-    Message = dict[str, str]
 else:
     import _signal  # `signal` without its enums; typeshed knows it as `signal`
 
-SOCKET_PREFIX = "rd-agent-"
+SOCKET_PREFIX = "agent-"
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
-MESSAGE_LIMIT = 65536
-# From the request to the agent's greeting; the agent forks at once, so this is only
+# From the request to the agent's greeting; the agent answers at once, so this is only
 # reached by an agent that is stopped or wedged.
 GREETING_TIMEOUT_SECONDS = 5.0
 PIPE_SIZE = 1 << 20
 CHUNK = 1 << 20
-# The runner's variables that may differ between the stages of one job; the agent's
-# stage process reads its exit codes from these, not from the agent's environment.
-STAGE_VARIABLES = ("BUILD_FAILURE_EXIT_CODE", "SYSTEM_FAILURE_EXIT_CODE",
-                   "BUILD_EXIT_CODE_FILE")
 _UCRED_SIZE = 12  # struct ucred: pid, uid, gid (C ints)
 
 
@@ -80,26 +86,25 @@ def config_spec(cli_path: os.PathLike[str] | str | None, environ: Mapping[str, s
     return str(cli_path) if cli_path else environ.get("RUNNER_DRIVER_CONFIG", "")
 
 
-def job_nonce(environ: Mapping[str, str]) -> str:
-    """The job's nonce, exactly as `JobContext` finds it (`jobrecord.job_nonce`)."""
-    return jobrecord.job_nonce(environ.get(jobrecord.NONCE_KEY, ""), environ.get("TMPDIR", ""))
+def agent_directory(environ: Mapping[str, str]) -> str:
+    """Where this user's agents listen: $XDG_RUNTIME_DIR/runner-driver, else
+    /tmp/runner-driver-UID (not $TMPDIR: gitlab-runner sets that per job)."""
+    runtime = environ.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isabs(runtime):
+        return os.path.join(runtime, "runner-driver")
+    return f"/tmp/runner-driver-{os.getuid()}"  # private: its mode and owner are checked
 
 
-def socket_path(environ: Mapping[str, str], spec: str, nonce: str) -> str | None:
-    """The job's agent socket; None when the job has no temporary directory or nonce.
+def socket_path(environ: Mapping[str, str], spec: str, runner_pid: int) -> str:
+    """The socket of the agent serving this runner with these settings and credentials.
 
-    It lives in the job's temporary directory ($TMPDIR), which gitlab-runner creates
-    per job with mode 0700 and removes after cleanup. Nothing in the name comes from a
-    job variable: the checksum covers the job's nonce, the settings file and the
-    kubeconfig, so stages of another prepare attempt, or told a different cluster,
-    never share an agent.
+    Nothing in the name comes from a job variable: the checksum covers the settings
+    file as the stage was told it, the kubeconfig, and the gitlab-runner process whose
+    stages it serves (the agent ends when that process does).
     """
-    tmp = environ.get("TMPDIR", "")
-    if not tmp or not nonce or not os.path.isabs(tmp):
-        return None
-    identity = "\0".join([nonce, spec, environ.get("KUBECONFIG", "")])
+    identity = "\0".join([spec, environ.get("KUBECONFIG", ""), str(runner_pid)])
     checksum = zlib.crc32(identity.encode(errors="surrogateescape"))
-    return os.path.join(tmp, f"{SOCKET_PREFIX}{checksum:08x}.sock")
+    return os.path.join(agent_directory(environ), f"{SOCKET_PREFIX}{checksum:08x}.sock")
 
 
 def address(path: str) -> tuple[str, int | None]:
@@ -160,93 +165,18 @@ def reach(path: str, use: Callable[[str], object]) -> None:
             os.close(directory)
 
 
-def encode(message: Mapping[str, str | int | float]) -> bytes:
-    """One message: `key=value` fields, each ended by NUL, and one more NUL at the end.
-
-    Paths, stage names and environment values cannot hold NUL, so nothing needs quoting.
-    """
-    fields = [f"{key}={value}".encode(errors="surrogateescape") + b"\0"
-              for key, value in message.items()]
-    return b"".join(fields) + b"\0"
-
-
-class Messages:
-    """Messages (see `encode`) from a stream socket, in order."""
-
-    def __init__(self, conn: _socket.socket) -> None:
-        self.conn = conn
-        self.ready: list[Message] = []
-        self.fields: list[bytes] = []
-        self.partial = b""
-
-    def feed(self, data: bytes) -> None:
-        """Take received bytes."""
-        *tokens, self.partial = (self.partial + data).split(b"\0")
-        for token in tokens:
-            if token:
-                self.fields.append(token)
-            else:  # the empty field that ends a message
-                self.ready.append(_decode(self.fields))
-                self.fields = []
-        if len(self.partial) + sum(map(len, self.fields)) > MESSAGE_LIMIT:
-            raise ValueError("message too long")
-
-    def take(self) -> list[Message]:
-        """The complete messages received so far."""
-        ready, self.ready = self.ready, []
-        return ready
-
-    def next(self) -> Message | None:
-        """Block for the next message; None at end of stream."""
-        while not self.ready:
-            data = self.conn.recv(MESSAGE_LIMIT)
-            if not data:
-                return None
-            self.feed(data)
-        return self.ready.pop(0)
-
-
-def _decode(fields: list[bytes]) -> Message:
-    message = {}
-    for field in fields:
-        key, equals, value = field.decode(errors="surrogateescape").partition("=")
-        if not key or not equals:
-            raise ValueError("malformed message field")
-        message[key] = value
-    return message
-
-
-def send(conn: _socket.socket, message: Mapping[str, str | int | float],
-         fds: list[int] | None = None) -> None:
-    """Send one message, with `fds` attached."""
-    data = encode(message)
-    if fds:
-        rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)  # a C int each
-        sent = conn.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
-        data = data[sent:]
-    if data:
-        conn.sendall(data)
-
-
-def number(message: Mapping[str, str], key: str) -> int | None:
-    """An integer field, or None when it is missing or not one."""
-    value = message.get(key, "")
-    return int(value) if value.isascii() and value.isdigit() else None
-
-
-def stats_for(environ: Mapping[str, str],
-              config: os.PathLike[str] | str | None) -> dict[str, float] | None:
-    """The job's agent's resource use (pid, cpu_seconds, ...), or None without an agent."""
-    nonce = job_nonce(environ)
-    path = socket_path(environ, config_spec(config, environ), nonce)
-    conn = connect(path) if path else None
+def stats_for(environ: Mapping[str, str], config: os.PathLike[str] | str | None,
+              runner_pid: int | None = None) -> dict[str, float] | None:
+    """The figures of the agent serving this runner (this process, by default), or None."""
+    path = socket_path(environ, config_spec(config, environ),
+                       os.getpid() if runner_pid is None else runner_pid)
+    conn = connect(path)
     if conn is None:
         return None
     try:
-        send(conn, {"op": "stats", "nonce": nonce})
-        reply = Messages(conn).next()
-        return {k: int(v) if v.isdigit() else float(v) for k, v in reply.items()} \
-            if reply else None
+        send(conn, StatsRequest())
+        reply = Reader(conn).next()
+        return reply.as_dict() if isinstance(reply, Stats) else None
     except (OSError, ValueError):
         return None
     finally:
@@ -255,30 +185,29 @@ def stats_for(environ: Mapping[str, str],
 
 def hand_over(stage: str, arguments: Mapping[str, str], environ: Mapping[str, str],
               spec: str) -> Handoff | None:
-    """Run `stage` in the job's agent; None when there is no agent to take it.
+    """Run `stage` in the runner's agent; None when there is no agent to take it.
 
     Our stdout and stderr receive the stage's, byte for byte.
     """
-    nonce = job_nonce(environ)
-    path = socket_path(environ, spec, nonce)
-    conn = connect(path) if path else None
+    conn = connect(socket_path(environ, spec, os.getppid()))
     if conn is None:
         return None
-    request = {"op": "stage", "stage": stage, "nonce": nonce}
-    request |= {f"arg.{k}": v for k, v in arguments.items()}
-    request |= {f"env.{k}": environ[k] for k in STAGE_VARIABLES if k in environ}
+    given = dict(arguments)
+    if "script" in given:  # the agent's working directory is not ours
+        given["script"] = os.path.abspath(given["script"])
+    request = StageRequest(stage, given, dict(environ))
     name = arguments.get("stage") or stage
-    terminated = _TermForwarder()
+    canceler = _Canceler()
     try:
-        terminated.install()
-        handoff = _hand_over(conn, request, name, terminated)
+        canceler.install()
+        handoff = _hand_over(conn, request, name, canceler)
     except _Interrupted:
         return Handoff(canceled=True)
     finally:
-        terminated.uninstall()
+        canceler.uninstall()
         conn.close()
-    if handoff is not None and handoff.exit_code is None and terminated.pending:
-        # Canceled, and the stage process ended without a word: do not run it again.
+    if handoff is not None and handoff.exit_code is None and canceler.pending:
+        # Canceled, and the agent ended without a word: do not run the stage again.
         return Handoff(canceled=True)
     return handoff
 
@@ -287,18 +216,20 @@ class _Interrupted(BaseException):
     """SIGTERM before the agent took the stage: stop waiting for it."""
 
 
-class _TermForwarder:
-    """Passes SIGTERM on to the agent's stage process, as if the runner had sent it there.
+class _Canceler:
+    """Turns the runner's SIGTERM into a `Cancel` for the agent's stage.
 
-    The process is named by a pidfd, not its number: the agent reaps it, and the host
-    may give its pid to another process before a late SIGTERM is forwarded.
+    The handler only notes it and wakes the copy loop through a pipe, which sends the
+    message: a send from inside the handler could split another send in progress.
     """
 
     def __init__(self) -> None:
-        self.target = 0
-        self.pidfd = -1
+        self.accepted = False
         self.pending = False
+        self.sent = False
         self.previous: object = None
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
 
     def install(self) -> None:
         self.previous = _signal.signal(_signal.SIGTERM, self._on_term)
@@ -306,37 +237,30 @@ class _TermForwarder:
     def uninstall(self) -> None:
         if self.previous is not None:
             _signal.signal(_signal.SIGTERM, self.previous)  # type: ignore[arg-type]
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
-
-    def aim(self, pid: int) -> None:
-        """Forward to `pid`, a stage process still waiting for its go (so still `pid`)."""
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except OSError:
-            self.pidfd = -1  # a kernel before 5.3: the number is all there is
-        self.target = pid
+        os.close(self.wake_r)
+        os.close(self.wake_w)
 
     def _on_term(self, _signum: int, _frame: FrameType | None) -> None:
         self.pending = True
-        if not self.target:
+        if not self.accepted:
             raise _Interrupted
-        self.forward()
+        try:  # noqa: SIM105 - contextlib would cost the light path an import
+            os.write(self.wake_w, b"x")
+        except OSError:
+            pass
 
-    def forward(self) -> None:
-        if self.target and self.pending:
-            try:
-                if self.pidfd >= 0:
-                    _signal.pidfd_send_signal(self.pidfd, _signal.SIGTERM)
-                else:
-                    os.kill(self.target, _signal.SIGTERM)
-            except ProcessLookupError:
+    def forward(self, conn: _socket.socket) -> None:
+        """Send the cancel once, if SIGTERM came."""
+        if self.pending and not self.sent:
+            self.sent = True
+            try:  # noqa: SIM105
+                send(conn, Cancel())
+            except OSError:
                 pass
 
 
-def _hand_over(conn: _socket.socket, request: Message, name: str,
-               terminated: _TermForwarder) -> Handoff | None:
+def _hand_over(conn: _socket.socket, request: StageRequest, name: str,
+               canceler: _Canceler) -> Handoff | None:
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
@@ -346,16 +270,16 @@ def _hand_over(conn: _socket.socket, request: Message, name: str,
         finally:
             os.close(out_w)
             os.close(err_w)
-        messages = Messages(conn)
+        reader = Reader(conn)
         conn.settimeout(GREETING_TIMEOUT_SECONDS)
-        greeting = messages.next()
-        pid = number(greeting, "pid") if greeting else None
-        if not greeting or not pid:
+        greeting = reader.next()
+        if not isinstance(greeting, Accepted):
+            os.close(out_r)
+            os.close(err_r)
             return None  # refused, or gone: the caller runs the stage itself
-        # Forwarding from here on: the stage process holds SIGTERM until it can stop.
-        terminated.aim(pid)
         # The stage is the agent's from this word on; it waits for it before it starts.
-        conn.sendall(b"go\n")
+        canceler.accepted = True
+        send(conn, Go())
     except (OSError, ValueError):
         os.close(out_r)
         os.close(err_r)
@@ -365,14 +289,14 @@ def _hand_over(conn: _socket.socket, request: Message, name: str,
         os.close(err_r)
         raise
     conn.settimeout(None)
-    terminated.forward()
-    exit_code, copied = _copy_until_done(conn, messages, out_r, err_r)
+    canceler.forward(conn)
+    exit_code, copied = _copy_until_done(conn, reader, out_r, err_r, canceler)
     if exit_code is not None:
         return Handoff(exit_code=exit_code)
-    sys.stderr.write(f"runner-driver: the job's agent (pid {pid}) ended without "
-                     f"finishing the {name} stage; continuing in this process\n")
+    sys.stderr.write(f"runner-driver: the runner's agent ended without finishing the "
+                     f"{name} stage; continuing in this process\n")
     sys.stderr.flush()
-    return Handoff(stage_id=greeting.get("stage_id", ""), offset=copied)
+    return Handoff(stage_id=greeting.stage_id, offset=copied)
 
 
 def _enlarge(fd: int) -> None:
@@ -383,27 +307,30 @@ def _enlarge(fd: int) -> None:
         pass
 
 
-def _copy_until_done(conn: _socket.socket, messages: Messages, out_r: int,
-                     err_r: int) -> tuple[int | None, int]:
+def _copy_until_done(conn: _socket.socket, reader: Reader, out_r: int, err_r: int,
+                     canceler: _Canceler) -> tuple[int | None, int]:
     """Copy both pipes to our stdout and stderr until the stage ends; (exit code, stdout bytes)."""
     targets = {out_r: 1, err_r: 2}
     poller = select.poll()
-    for fd in (out_r, err_r, conn.fileno()):
+    for fd in (out_r, err_r, conn.fileno(), canceler.wake_r):
         poller.register(fd, select.POLLIN)
     copier = _Copier()
     exit_code: int | None = None
     connected = True
     while targets or connected:
         for fd, _events in poller.poll():
-            if fd == conn.fileno():
+            if fd == canceler.wake_r:
+                os.read(fd, 64)
+                canceler.forward(conn)
+            elif fd == conn.fileno():
                 try:
-                    data = conn.recv(MESSAGE_LIMIT)
-                    messages.feed(data)
+                    data = conn.recv(CHUNK)
+                    reader.feed(data)
                 except (OSError, ValueError):
                     data = b""
-                for message in messages.take():
-                    code = number(message, "exit")
-                    exit_code = exit_code if code is None else code
+                for message in reader.take():
+                    if isinstance(message, Exited):
+                        exit_code = message.code
                 if not data:
                     connected = False
                     poller.unregister(fd)

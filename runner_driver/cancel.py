@@ -1,25 +1,29 @@
 """One home for cancellation: SIGTERM, time limits, and the sections that must finish.
 
-gitlab-runner cancels a stage by sending SIGTERM to its process group (the agent's stage
-process gets it forwarded by its client). A canceled stage must stop what it waits for
-at once, yet some work must still land: the pod delete of a failed `prepare`, the stop of
-a `run` script in the pod, `cleanup` itself. And a few waits have no timeout of their own
-(the client's exec handshake). Both used to juggle SIGTERM handlers and `ITIMER_REAL` in
-several modules, each resetting the other's timer. Here one owner holds both:
+gitlab-runner cancels a stage by sending SIGTERM to its process group; a stage the agent
+runs is canceled by its client (which got that SIGTERM, or died). A canceled stage must
+stop what it waits for at once, yet some work must still land: the pod delete of a
+failed `prepare`, the stop of a `run` script in the pod, `cleanup` itself. Each stage
+has one `Scope` here, and everything else asks it:
 
-- `install()` makes SIGTERM raise `Canceled` in the stage (further SIGTERMs are noted, not
-  raised: the runner escalates to SIGKILL anyway);
+- `cancel()` (SIGTERM, or the agent on the client's word) marks the stage canceled.
+  In a stage process's main thread it raises `Canceled` at once, as the signal arrives;
+  in an agent's stage thread the stage meets it at its next `check()` or `sleep()`, and
+  the waits it is blocked in are broken by the `interrupting` callbacks it registered.
 - `shielded(seconds)` runs a section that a cancel does not interrupt, for at most
-  `seconds` after both the cancel and the section's start, then raises `Canceled`;
-- `time_limit(seconds)` raises `TimeoutError` in a block that runs too long.
+  `seconds` after both the cancel and the section's start, then raises `Canceled`.
+- `time_limit(seconds)` raises `TimeoutError` in a main-thread block that runs too long.
 
-Signals reach only the main thread, so outside it the shield and the limit are plain
-blocks and the callers' own timeouts bound them. This module must not know what a
-stage does: it only decides when `Canceled` and `TimeoutError` are raised.
+Signals and the one ITIMER_REAL belong to the main thread, so only it gets the
+immediate raise and the timers; threads rely on the checks and on their callers'
+timeouts. This module must not know what a stage does: it only decides when `Canceled`
+and `TimeoutError` are raised.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import signal
 import threading
@@ -50,6 +54,10 @@ class _Timers:
         if self.due.pop(key, None) is not None:
             self._arm()
 
+    def clear(self) -> None:
+        for key in list(self.due):
+            self.remove(key)
+
     def fire(self, _signum: int, _frame: Any) -> None:
         now = time.monotonic()
         expired = [k for k, (at, _) in self.due.items() if at <= now]
@@ -70,55 +78,86 @@ class _Timers:
         signal.setitimer(signal.ITIMER_REAL, max(soonest - time.monotonic(), 0.001))
 
 
-class _Scope:
-    """The process's cancel state, as seen by its main thread."""
+class Scope:
+    """One stage's cancellation: whether and when it was canceled, and what it shields."""
 
-    def __init__(self) -> None:
-        self.canceled_at: float | None = None
-        self.shields: list[tuple[int, float]] = []  # (id, seconds) of open sections
-        self.expiry: dict[int, int] = {}  # shield id -> its timer
+    def __init__(self, main: bool = False) -> None:
+        self.main = main  # the process's main thread: signals and timers are ours
         self.ids = itertools.count()
         self.timers = _Timers()
+        self.lock = threading.Lock()
+        self.reset()
 
     def reset(self) -> None:
         """A new stage: not canceled, nothing shielded, no timer armed."""
-        self.clear_timers()
-        self.canceled_at = None
-        self.shields = []
-        self.expiry = {}
+        self.timers.clear()
+        self.canceled_at: float | None = None
+        self.event = threading.Event()
+        self.shields: dict[int, tuple[float, float]] = {}  # id -> (started, seconds)
+        self.expiry: dict[int, int] = {}  # shield id -> its timer (main thread)
+        self.interrupts: dict[int, Callable[[], object]] = {}
 
-    def clear_timers(self) -> None:
-        for key in list(self.timers.due):
-            self.timers.remove(key)
+    def cancel(self) -> None:
+        """Mark the stage canceled; break its waits unless a shield holds them."""
+        with self.lock:
+            if self.canceled_at is not None:
+                return
+            self.canceled_at = time.monotonic()
+            self.event.set()
+            shielded = bool(self.shields)
+            breakers = [] if shielded else list(self.interrupts.values())
+        for breaker in breakers:
+            with contextlib.suppress(Exception):  # breaking a wait is best effort
+                breaker()
 
     def on_term(self, _signum: int, _frame: Any) -> None:
+        """The SIGTERM handler of a stage process's main thread."""
         if self.canceled_at is not None:
-            return
-        self.canceled_at = time.monotonic()
+            return  # the runner escalates to SIGKILL anyway
+        self.cancel()
         if not self.shields:
             raise Canceled(REASON)
-        for key, seconds in self.shields:
-            self._expire(key, self.canceled_at + seconds)
+        for key, (started, seconds) in self.shields.items():
+            self._expire(key, max(started, self.canceled_at or 0.0) + seconds)
+
+    def check(self) -> None:
+        """Raise Canceled if the stage was canceled and no shield holds it (any more)."""
+        if self.canceled_at is None:
+            return
+        now = time.monotonic()
+        if all(max(started, self.canceled_at) + seconds <= now
+               for started, seconds in self.shields.values()):
+            raise Canceled(REASON)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, or less if the stage is canceled meanwhile (then raise)."""
+        self.check()
+        if seconds > 0:
+            self.event.wait(seconds)
+        self.check()
 
     def _expire(self, key: int, at: float) -> None:
-        self.expiry[key] = self.timers.add(at, lambda: Canceled(REASON))
+        if self.main:
+            self.expiry[key] = self.timers.add(at, lambda: Canceled(REASON))
 
 
-_scope = _Scope()
+_process = Scope(main=True)
+_current: contextvars.ContextVar[Scope | None] = contextvars.ContextVar("cancel_scope",
+                                                                        default=None)
 
 
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
+def current() -> Scope:
+    """This stage's scope: the thread's own in the agent, else the process's."""
+    return _current.get() or _process
 
 
 def install() -> None:
     """Make SIGTERM cancel this stage (main thread only); a SIGTERM held back is delivered."""
-    if not _main_thread():
+    if threading.current_thread() is not threading.main_thread():
         return
-    _scope.reset()
-    signal.signal(signal.SIGTERM, _scope.on_term)
-    # The agent's stage processes hold SIGTERM back until here (see `agent`): one that
-    # came early is delivered now, as a cancel.
+    _process.reset()
+    signal.signal(signal.SIGTERM, _process.on_term)
+    # A stage process started with SIGTERM blocked gets one that came early, now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
@@ -128,15 +167,52 @@ def uninstall() -> None:
     (SIGTERM is ignored, not blocked: a blocked signal would stay blocked in every child
     the process starts.)
     """
-    if not _main_thread():
+    if threading.current_thread() is not threading.main_thread():
         return
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _scope.clear_timers()
+    _process.timers.clear()
+
+
+@contextmanager
+def entered(scope: Scope) -> Iterator[Scope]:
+    """Make `scope` the current one in this thread (an agent's stage thread)."""
+    token = _current.set(scope)
+    try:
+        yield scope
+    finally:
+        _current.reset(token)
 
 
 def canceled() -> bool:
-    """Whether SIGTERM has arrived."""
-    return _scope.canceled_at is not None
+    """Whether this stage was canceled."""
+    return current().canceled_at is not None
+
+
+def check() -> None:
+    """Raise Canceled if this stage was canceled outside a shield."""
+    current().check()
+
+
+def sleep(seconds: float) -> None:
+    """Sleep at most `seconds`; raise Canceled as soon as this stage is canceled."""
+    current().sleep(seconds)
+
+
+@contextmanager
+def interrupting(breaker: Callable[[], object]) -> Iterator[None]:
+    """While in the block, a cancel calls `breaker` (e.g. closes the socket it waits on)."""
+    scope = current()
+    with scope.lock:
+        key = next(scope.ids)
+        scope.interrupts[key] = breaker
+        canceled = scope.canceled_at is not None and not scope.shields
+    try:
+        if canceled:
+            breaker()
+        yield
+    finally:
+        with scope.lock:
+            scope.interrupts.pop(key, None)
 
 
 @contextmanager
@@ -148,21 +224,22 @@ def shielded(seconds: float) -> Iterator[None]:
     start, the stop of a canceled script, `cleanup`), which reports what it did.
 
     Raises:
-        Canceled: the block was still running when its time after the cancel ran out.
+        Canceled: the block was still running when its time after the cancel ran out
+            (at once in a main thread; at its next check in an agent's stage thread).
     """
-    if not _main_thread():
-        yield
-        return
-    scope = _scope
-    key = next(scope.ids)
+    scope = current()
     started = time.monotonic()
-    scope.shields.append((key, seconds))
-    if scope.canceled_at is not None:
-        scope._expire(key, max(scope.canceled_at, started) + seconds)
+    with scope.lock:
+        key = next(scope.ids)
+        scope.shields[key] = (started, seconds)
+        canceled_at = scope.canceled_at
+    if canceled_at is not None:
+        scope._expire(key, max(canceled_at, started) + seconds)
     try:
         yield
     finally:
-        scope.shields = [(k, s) for k, s in scope.shields if k != key]
+        with scope.lock:
+            scope.shields.pop(key, None)
         timer = scope.expiry.pop(key, None)
         if timer is not None:
             scope.timers.remove(timer)
@@ -171,12 +248,13 @@ def shielded(seconds: float) -> Iterator[None]:
 @contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
     """Raise TimeoutError in the block after `seconds` (main thread only; else unbounded)."""
-    if not _main_thread():
+    scope = current()
+    if not scope.main or threading.current_thread() is not threading.main_thread():
         yield
         return
-    timer = _scope.timers.add(time.monotonic() + seconds,
-                              lambda: TimeoutError(f"no answer within {seconds:g}s"))
+    timer = scope.timers.add(time.monotonic() + seconds,
+                             lambda: TimeoutError(f"no answer within {seconds:g}s"))
     try:
         yield
     finally:
-        _scope.timers.remove(timer)
+        scope.timers.remove(timer)

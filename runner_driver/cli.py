@@ -26,11 +26,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Mapping, Sequence
-    from typing import Any
+    from typing import Any, TextIO
 
     from . import logs
     from .kube import Connection
-    from .runner_env import ExitCodes, JobContext
+    from .runner_env import ExitCodes, JobContext, StageIO
     from .settings import Settings
 
 EMULATOR_EXTRA_HINT = (
@@ -154,20 +154,20 @@ def stage_call(argv: Sequence[str]) -> tuple[str, str | None, dict[str, str]] | 
 
 def _stage(stage: str, config: str | None, arguments: dict[str, Any]) -> int:
     spec = agent_client.config_spec(config, os.environ)
-    if stage != "config":
-        try:
-            handoff = agent_client.hand_over(stage, arguments, os.environ, spec)
-        except Exception as error:  # a bug in the light path is still a system failure
-            return _system_failure(stage, f"unexpected error: {type(error).__name__}: {error}")
-        if handoff is not None and handoff.exit_code is not None:
-            return handoff.exit_code
-        if handoff is not None and handoff.canceled:
-            return _canceled(stage)
-        if handoff is not None and stage == "run" and handoff.stage_id:
-            arguments |= {"stage_id": handoff.stage_id, "offset": handoff.offset}
-    from .runner_env import exit_codes
+    try:
+        handoff = agent_client.hand_over(stage, arguments, os.environ, spec)
+    except Exception as error:  # a bug in the light path is still a system failure
+        return _system_failure(stage, f"unexpected error: {type(error).__name__}: {error}")
+    if handoff is not None and handoff.exit_code is not None:
+        return handoff.exit_code
+    if handoff is not None and handoff.canceled:
+        return _canceled(stage)
+    if handoff is not None and stage == "run" and handoff.stage_id:
+        arguments |= {"stage_id": handoff.stage_id, "offset": handoff.offset}
+    from .runner_env import StageIO
 
-    return execute(stage, arguments, exit_codes(os.environ), lambda: _wire(config), spec)
+    io = StageIO.of_process()
+    return execute(stage, arguments, io, lambda: _wire(config, io), spec)
 
 
 def _canceled(stage: str) -> int:
@@ -177,22 +177,25 @@ def _canceled(stage: str) -> int:
 def _system_failure(stage: str, message: str) -> int:
     from .runner_env import exit_codes
 
-    _fail(stage, message)
+    _fail(sys.stderr, stage, message)
     return exit_codes(os.environ).system_failure
 
 
-def execute(stage: str, arguments: Mapping[str, Any], codes: ExitCodes,
+def execute(stage: str, arguments: Mapping[str, Any], io: StageIO,
             wire: Callable[[], Wiring], agent_spec: str | None) -> int:
-    """Run one stage in this process; the runner's exit code for its outcome.
+    """Run one stage here; the runner's exit code for its outcome.
 
-    The job's agent runs its stages through here too. `agent_spec` (None in the
-    agent) lets `config` and `prepare` leave an agent for the later stages.
+    The runner's agent runs its stages through here too, each in a thread with its own
+    `io`. `agent_spec` (None in the agent) lets `config` and `prepare` leave an agent
+    for the later stages.
     """
     from contextlib import nullcontext
 
     from . import cancel, logs
+    from .runner_env import exit_codes
 
-    redactor = logs.configure()
+    codes = exit_codes(io.environ)
+    redactor = logs.configure(stream=io.err)
     try:
         try:
             cancel.install()
@@ -200,27 +203,28 @@ def execute(stage: str, arguments: Mapping[str, Any], codes: ExitCodes,
             # land, but stop within the runner's patience.
             with cancel.shielded(CLEANUP_SIGTERM_GRACE_SECONDS) if stage == "cleanup" \
                     else nullcontext():
-                return _dispatch(stage, arguments, wire, redactor, agent_spec)
+                return _dispatch(stage, arguments, wire, redactor, agent_spec, io)
         finally:
             cancel.uninstall()
     except JobFailed as failure:
         _write_exit_code(codes, failure.exit_code)
         if stage != "run":  # run's failures are the script's own output
-            _fail(stage, redactor.mask(str(failure)))
+            _fail(io.err, stage, redactor.mask(str(failure)))
         return codes.build_failure
     except Canceled:
-        _fail(stage, CANCELED)
+        _fail(io.err, stage, CANCELED)
         return codes.system_failure
     except DriverError as error:
-        _fail(stage, redactor.mask(str(error)))
+        _fail(io.err, stage, redactor.mask(str(error)))
         return codes.system_failure
     except Exception as error:  # a bug is still a system failure, never "script failed"
         logs.get().exception("unexpected error")
-        _fail(stage, redactor.mask(f"unexpected error: {type(error).__name__}: {error}"))
+        _fail(io.err, stage,
+              redactor.mask(f"unexpected error: {type(error).__name__}: {error}"))
         return codes.system_failure
 
 
-def _wire(config_path: str | None) -> Wiring:
+def _wire(config_path: str | None, io: StageIO) -> Wiring:
     from pathlib import Path
 
     from . import kube, settings
@@ -228,12 +232,12 @@ def _wire(config_path: str | None) -> Wiring:
 
     loaded = settings.resolve_manager(
         settings.load_from(Path(config_path) if config_path else None))
-    job = JobContext.from_env()
+    job = JobContext.from_env(io.environ)
     return Wiring(loaded, job, kube.connect(loaded.kubernetes, loaded.source))
 
 
 def _dispatch(stage: str, arguments: Mapping[str, Any], wire: Callable[[], Wiring],
-              redactor: logs.Redactor, agent_spec: str | None) -> int:
+              redactor: logs.Redactor, agent_spec: str | None, io: StageIO) -> int:
     import json
     from pathlib import Path
 
@@ -243,20 +247,19 @@ def _dispatch(stage: str, arguments: Mapping[str, Any], wire: Callable[[], Wirin
     from .podspec import pod_name
     from .prepare import prepare
     from .run import run
-    from .runner_env import NONCE_KEY
 
     wiring = wire()
     loaded, job = wiring.settings, wiring.job
     logs.configure(loaded.logging.level, loaded.logging.format, job.secrets,
-                   redactor=redactor)
+                   stream=io.err, redactor=redactor)
     name = pod_name(loaded, job)
     # For `run`, the runner's stage name (get_sources, build_script, ...) says more.
     logs.bind(stage=str(arguments.get("stage") or stage), job_id=job.job_id, pod=name)
     if stage == "config":
         output = config(loaded, job, wiring.connection.namespace)
-        sys.stdout.write(json.dumps(output) + "\n")
-        sys.stdout.flush()
-        _leave_agent(wiring, agent_spec, output["job_env"][NONCE_KEY])
+        io.out.write(json.dumps(output) + "\n")
+        io.out.flush()
+        _leave_agent(wiring, agent_spec, io)
         return 0
     namespace = job.namespace_from_config or wiring.connection.namespace
     cluster = kube.Cluster(kube.Connection(wiring.connection.configuration, namespace,
@@ -264,42 +267,41 @@ def _dispatch(stage: str, arguments: Mapping[str, Any], wire: Callable[[], Wirin
                            loaded.kubernetes.request_timeout_seconds,
                            loaded.kubernetes.retry_timeout_seconds)
     if stage == "prepare":
-        record = prepare(loaded, job, cluster, sys.stdout)
-        _leave_agent(wiring, agent_spec, record.nonce)
+        prepare(loaded, job, cluster, io.out)
+        _leave_agent(wiring, agent_spec, io)
     elif stage == "run":
+        io.out.flush()
         run(cluster, name, Path(arguments["script"]), arguments["stage"], job.nonce,
-            stage_id=str(arguments.get("stage_id") or ""),
+            out_fd=io.out.fileno(), stage_id=str(arguments.get("stage_id") or ""),
             offset=int(arguments.get("offset") or 0))
     else:
         cleanup(cluster, job)
     return 0
 
 
-def _leave_agent(wiring: Wiring, agent_spec: str | None, nonce: str) -> None:
-    """Fork the job's agent, so later stages start warm (see `agent`)."""
-    from . import agent, logs
+def _leave_agent(wiring: Wiring, agent_spec: str | None, io: StageIO) -> None:
+    """Fork the runner's agent, so later stages start warm (see `agent`)."""
+    from . import agent, logs, settings
+    from .runner_env import JobContext
 
     if agent_spec is None or not wiring.settings.agent.enabled:
         return
-    path = agent_client.socket_path(os.environ, agent_spec, nonce)
-    if path is None:
-        logs.get().info("no agent for this job: TMPDIR is not set (or not absolute)")
-        return
+    path = agent_client.socket_path(io.environ, agent_spec, os.getppid())
+    watched = [wiring.settings.source, io.environ.get("KUBECONFIG", "")]
 
-    from dataclasses import replace
+    def serve(stage: str, arguments: dict[str, Any], stage_io: StageIO) -> int:
+        def served() -> Wiring:
+            return Wiring(wiring.settings, JobContext.from_env(stage_io.environ),
+                          wiring.connection)
 
-    # The agent serves the stages after the one that started it: they know the nonce
-    # that stage minted (config) or recorded (prepare), which its own job value lacks.
-    served = Wiring(wiring.settings, replace(wiring.job, nonce=nonce), wiring.connection)
-
-    def serve(stage: str, arguments: dict[str, Any], codes: ExitCodes) -> int:
-        return execute(stage, arguments, codes, lambda: served, None)
+        return execute(stage, arguments, stage_io, served, None)
 
     try:
-        agent.start(path, serve, wiring.settings.agent.idle_timeout_seconds, nonce)
+        agent.start(path, serve, wiring.settings.agent.idle_timeout_seconds,
+                    wiring.job.tmpdir, lambda: settings.stamp(watched))
     except OSError as error:
-        logs.get().info("could not start the job's agent; later stages load the Kubernetes "
-                        "client themselves", error=str(error))
+        logs.get().info("could not start the runner's agent; later stages load the "
+                        "Kubernetes client themselves", error=str(error))
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -325,14 +327,14 @@ def _gc(args: argparse.Namespace) -> int:
         failures = collect(cluster, selector, datetime.now(UTC), older_than, args.dry_run,
                            lambda line: print(line, flush=True))
     except DriverError as error:
-        _fail("gc", str(error))
+        _fail(sys.stderr, "gc", str(error))
         return 1
     return 1 if failures else 0
 
 
-def _fail(stage: str, message: str) -> None:
-    sys.stderr.write(f"runner-driver {stage}: {message}\n")
-    sys.stderr.flush()
+def _fail(err: TextIO, stage: str, message: str) -> None:
+    err.write(f"runner-driver {stage}: {message}\n")
+    err.flush()
 
 
 def _write_exit_code(codes: ExitCodes, code: int) -> None:

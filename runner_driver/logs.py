@@ -5,10 +5,15 @@ while stdout is protocol (`config`) or the job's own output (`run`). So every dr
 log line goes to stderr, is short, carries the stage, job and pod once bound, and has
 every known secret value replaced before it is rendered. This module must not print
 to stdout.
+
+The agent runs many jobs' stages at once, each in a thread of its own: the stage's
+stderr and its job's secrets are context variables, so each stage logs to its own
+client's pipe and masks its own job's secrets; only the level and format are global.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
@@ -19,6 +24,11 @@ import structlog
 REDACTED = "[MASKED]"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
+_stream: contextvars.ContextVar[TextIO | None] = contextvars.ContextVar("log_stream",
+                                                                        default=None)
+_redactor: contextvars.ContextVar[Redactor | None] = contextvars.ContextVar("log_redactor",
+                                                                            default=None)
+_applied: dict[str, tuple[str, str]] = {}  # the global structlog setup: level and format
 
 
 class Redactor:
@@ -46,7 +56,8 @@ class Redactor:
 
 def configure(level: str = "warning", fmt: str = "console", secrets: Iterable[str] = (),
               stream: TextIO | None = None, redactor: Redactor | None = None) -> Redactor:
-    """Send structlog events at `level` or above to stderr, masking `secrets`.
+    """Send this stage's structlog events at `level` or above to `stream` (None: the
+    process's stderr), masking `secrets`.
 
     Passing the `redactor` of an earlier call keeps it, now masking `secrets` too.
     """
@@ -54,24 +65,46 @@ def configure(level: str = "warning", fmt: str = "console", secrets: Iterable[st
         redactor = Redactor(secrets)
     else:
         redactor.secrets = Redactor([*redactor.secrets, *secrets]).secrets
-    renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
-                     else structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0))
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            # Render tracebacks to text before masking: an exception's message may
-            # carry a secret, and the renderers would format exc_info after the redactor.
-            structlog.processors.format_exc_info,
-            redactor,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.WARNING)),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+    _redactor.set(redactor)
+    _stream.set(stream)
+    if _applied.get("setup") != (level, fmt) \
+            or structlog.get_config()["logger_factory"] is not _print_logger:
+        _applied["setup"] = (level, fmt)
+        renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
+                         else structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0))
+        structlog.configure(
+            processors=[
+                structlog.contextvars.merge_contextvars,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                # Render tracebacks to text before masking: an exception's message may
+                # carry a secret, and the renderers would format exc_info after the
+                # redactor.
+                structlog.processors.format_exc_info,
+                _redact,
+                renderer,
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(
+                _LEVELS.get(level, logging.WARNING)),
+            logger_factory=_print_logger,
+            cache_logger_on_first_use=False,
+        )
     return redactor
+
+
+def stderr() -> TextIO:
+    """This stage's stderr: its client's pipe in the agent, else the process's."""
+    return _stream.get() or sys.stderr
+
+
+def _print_logger(*_args: Any) -> structlog.PrintLogger:
+    return structlog.PrintLogger(stderr())
+
+
+def _redact(logger: Any, method: str,
+            event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    redactor = _redactor.get()
+    return event if redactor is None else redactor(logger, method, event)
 
 
 def bind(**context: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import sys
 import time
 from pathlib import Path
 
@@ -162,7 +161,7 @@ def _follow(cluster: Cluster, pod: str, container: str, stage_id: str, script: b
                 f"({_describe(status, control)})", transient=not control.diagnostics)
         if not failure.transient:
             # The pod may not show yet why the container went (an OOM kill, say).
-            time.sleep(DEATH_SETTLE_SECONDS)
+            cancel.sleep(DEATH_SETTLE_SECONDS)
             _raise_if_dead(cluster, pod, container)
             raise failure
         if output.offset > before or first_start or control.heartbeats:
@@ -180,7 +179,7 @@ def _follow(cluster: Cluster, pod: str, container: str, stage_id: str, script: b
         wait = RECONNECT.delay(attempt, failure)
         log.warning("reconnecting to the stage after a lost connection", attempt=attempt,
                     offset=output.offset, error=str(failure), retry_in=f"{wait:.1f}s")
-        time.sleep(wait)
+        cancel.sleep(wait)
 
 
 def _raise_if_dead(cluster: Cluster, pod: str, container: str) -> None:
@@ -189,8 +188,9 @@ def _raise_if_dead(cluster: Cluster, pod: str, container: str) -> None:
     if death is None:
         return
     if death.oom_exit_code is not None and container == BUILD:
-        sys.stderr.write(f"runner-driver: {death.message}\n")
-        sys.stderr.flush()
+        err = logs.stderr()
+        err.write(f"runner-driver: {death.message}\n")
+        err.flush()
         raise JobFailed(death.message, exit_code=death.oom_exit_code)
     raise ClusterError(f"running the stage in container {container}: {death.message}")
 

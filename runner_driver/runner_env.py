@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from secrets import token_hex
-from typing import Any
+from typing import Any, TextIO
 
 from . import jobrecord
 from .errors import ConfigError, JobFailed
@@ -53,6 +54,33 @@ class ExitCodes:
     build_failure: int = 1
     system_failure: int = 2
     build_exit_code_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class StageIO:
+    """Where one stage reads its environment and writes its output.
+
+    A stage process has its own; the agent runs each stage it takes with the
+    environment and two pipes its stage process sent, so no stage reads another's.
+    """
+
+    environ: Mapping[str, str]
+    out: TextIO
+    err: TextIO
+
+    @classmethod
+    def of_process(cls) -> StageIO:
+        """This process's environment, stdout and stderr."""
+        return cls(os.environ, sys.stdout, sys.stderr)
+
+    @classmethod
+    def on_fds(cls, environ: Mapping[str, str], out_fd: int, err_fd: int) -> StageIO:
+        """Text streams over two descriptors (which stay the caller's to close)."""
+        def stream(fd: int, errors: str) -> TextIO:
+            return open(fd, "w", encoding="utf-8", errors=errors,
+                        closefd=False)
+
+        return cls(environ, stream(out_fd, "strict"), stream(err_fd, "backslashreplace"))
 
 
 def exit_codes(environ: Mapping[str, str]) -> ExitCodes:

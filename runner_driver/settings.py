@@ -16,7 +16,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -311,3 +311,17 @@ def _check(settings: Settings, path: Path) -> None:
         raise fail("logging.format", f"must be one of {', '.join(FORMATS)}, "
                                      f"got {settings.logging.format!r}")
 
+
+
+def stamp(paths: Iterable[str]) -> tuple[tuple[int, int, int] | None, ...]:
+    """Inode, size and modification time of each file (None when missing or not a path):
+    equal stamps mean the settings or credentials read from them are still current."""
+    found: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except (OSError, ValueError):
+            found.append(None)
+            continue
+        found.append((info.st_ino, info.st_size, info.st_mtime_ns))
+    return tuple(found)

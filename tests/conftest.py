@@ -218,8 +218,12 @@ def make_runner(kubeconfig: Path, directory: Path, settings: str = "",
     directory.mkdir(parents=True, exist_ok=True)
     config_file = directory / "driver.toml"
     config_file.write_text(settings, encoding="utf-8")
+    # The runner's agent listens here: this test's own, not the machine's /tmp one.
+    runtime = directory / "run"
+    runtime.mkdir(mode=0o700, exist_ok=True)
     environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(directory),
-               "KUBECONFIG": str(kubeconfig), "RUNNER_DRIVER_CONFIG": str(config_file)}
+               "KUBECONFIG": str(kubeconfig), "RUNNER_DRIVER_CONFIG": str(config_file),
+               "XDG_RUNTIME_DIR": str(runtime)}
     defaults: dict[str, Any] = {"prepare_retry_seconds": 0.1, "graceful_kill_seconds": 10.0,
                                 "stage_timeout_seconds": 120.0}
     defaults.update(options)

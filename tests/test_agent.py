@@ -1,14 +1,16 @@
-"""The per-job agent, end to end: stages handed over, and every way it can be missing.
+"""The runner's agent, end to end: stages handed over, jobs kept apart, and every way it
+can be missing.
 
 Jobs go through the runner emulator (the driver as separate processes, as gitlab-runner
-starts it) against the emulated cluster. Where a test needs to act in the middle of a
-stage, it starts `runner-driver run` itself with the session's environment, exactly as
-the runner would.
+starts it; this test process is the runner) against the emulated cluster. Where a test
+needs to act in the middle of a stage, it starts `runner-driver run` itself with the
+session's environment, exactly as the runner would.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -16,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +28,20 @@ import pytest
 from kubernetes import client
 
 from runner_driver import agent, agent_client
+from runner_driver.agent_protocol import (
+    Reader,
+    Refused,
+    StageRequest,
+    Stats,
+    StatsRequest,
+    encode,
+    send,
+)
 from runner_driver.emulator import EmulatedCluster
 from runner_driver.emulator.demo import driver_command
 from runner_driver.emulator.runner import Job, JobSession, RunnerEmulator, bash_script
-from runner_driver.runner_env import ExitCodes
+from runner_driver.podspec import JOB_LABEL
+from runner_driver.runner_env import StageIO
 from tests.conftest import ROOT_ONLY, make_runner, next_job_id, pods_left, wait_for
 
 NS = "default"
@@ -40,22 +53,9 @@ HEAVY = ("kubernetes", "urllib3", "websocket", "yaml", "structlog", "tenacity", 
          "socket", "signal", "enum", "pathlib", "contextlib", "collections", "functools")
 # ... and exactly what it loads (standard library C modules, and four of ours).
 LIGHT = {"runner_driver", "runner_driver.cli", "runner_driver.errors",
-         "runner_driver.agent_client", "runner_driver.jobrecord", "__future__", "_socket",
-         "errno", "select", "fcntl", "zlib"}
+         "runner_driver.agent_client", "runner_driver.agent_protocol", "__future__",
+         "_socket", "errno", "select", "fcntl", "zlib"}
 SLOW_LINES = 40  # the resumable script prints one line every 50 ms
-# A job's nonce as `config` mints it, and another job's.
-NONCE = "0123456789abcdef0123456789abcdef"
-OTHER_NONCE = "fedcba9876543210fedcba9876543210"
-REFUSED = {"refused": "this agent serves another job"}
-# Nonce fields of requests that are not the job's: another job's, none, near misses.
-FOREIGN = [
-    pytest.param({"nonce": OTHER_NONCE}, id="another-jobs"),
-    pytest.param({"nonce": ""}, id="empty"),
-    pytest.param({}, id="missing"),
-    pytest.param({"nonce": NONCE.upper()}, id="upper-case"),
-    pytest.param({"nonce": NONCE[:-1]}, id="a-prefix"),
-    pytest.param({"nonce": NONCE + "0"}, id="longer"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -82,21 +82,19 @@ def stats(session: JobSession) -> dict[str, Any] | None:
 
 
 def socket_file(session: JobSession) -> Path:
-    env = session.environment()
-    path = agent_client.socket_path(env, spec(session), agent_client.job_nonce(env))
-    assert path is not None
-    return Path(path)
+    """The socket of the agent serving this process's (the runner's) jobs."""
+    return Path(agent_client.socket_path(session.environment(), spec(session), os.getpid()))
 
 
-def ask(path: Path | str, request: dict[str, str], pipes: bool = False) -> dict[str, str] | None:
-    """Send one request to the agent at `path` (with two pipes, as a stage request has);
+def ask(path: Path | str, message: Any, pipes: bool = False) -> Any:
+    """Send one message to the agent at `path` (with two pipes, as a stage request has);
     its first reply, or None when it hung up without one."""
     conn = agent_client.connect(str(path))
     assert conn is not None
     ends = [end for _ in range(2 if pipes else 0) for end in os.pipe()]
     try:
-        agent_client.send(conn, request, ends[1::2] or None)
-        return agent_client.Messages(conn).next()
+        send(conn, message, ends[1::2] or None)
+        return Reader(conn).next()
     finally:
         conn.close()
         for end in ends:
@@ -112,13 +110,6 @@ def alive(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     return False
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 def script_file(session: JobSession, body: str, name: str = "script") -> Path:
@@ -247,43 +238,55 @@ def test_disabled_agent_leaves_no_socket_and_the_job_still_succeeds(
     with job_session(runner) as session:
         session.run_stage("build_script", ["echo no agent"])
         assert stats(session) is None
-        assert not list(session.tempdir.glob(f"{agent_client.SOCKET_PREFIX}*"))
+        assert not socket_file(session).exists()
     assert b"no agent" in session.log
     # Deletion is graceful, as on a real cluster: cleanup asks, the pod goes a moment later.
     wait_for(lambda: pods_left(core) == [], timeout=10, what="the pod to be deleted")
 
 
-def test_no_agent_in_a_directory_other_users_can_enter(runner: RunnerEmulator,
-                                                        tmp_path: Path,
-                                                        core: client.CoreV1Api) -> None:
-    """A job directory that is not private gets no agent from config nor from prepare
-    (which, with nowhere private to record its pod, fails before creating one)."""
+def test_a_job_directory_others_can_enter_fails_prepare_before_any_pod(
+        runner: RunnerEmulator, tmp_path: Path, core: client.CoreV1Api) -> None:
+    """A TMPDIR that is not private: prepare (served by the agent or not) fails before it
+    creates a pod, since it has nowhere private to record one."""
     tempdir = tmp_path / "shared"
     tempdir.mkdir()
     tempdir.chmod(0o755)
     session = JobSession(runner, Job(job_id=next_job_id()), tempdir, None)
     session.apply_config(session.call("config", ["config"]))
-    assert not list(tempdir.glob(f"{agent_client.SOCKET_PREFIX}*"))
     prepare = session.call("prepare", ["prepare"])
     assert prepare.exit_code == 2, prepare.stderr  # SYSTEM_FAILURE_EXIT_CODE
     assert b"is not private to this user" in prepare.stderr
-    assert not list(tempdir.glob(f"{agent_client.SOCKET_PREFIX}*"))
     assert session.job_env["RUNNER_DRIVER_POD"] not in pods_left(core)
+    session.cleanup()
+
+
+def test_no_agent_in_an_agent_directory_others_can_enter(
+        kubeconfig: Path, tmp_path: Path) -> None:
+    """An agent directory open to others is not used: the job runs with every stage in
+    its own process, and nothing listens there."""
+    runner = make_runner(kubeconfig, tmp_path)
+    shared = Path(runner.environ["XDG_RUNTIME_DIR"]) / "runner-driver"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with job_session(runner) as session:
+        session.run_stage("build_script", ["echo in process"])
+        assert stats(session) is None
+        assert not socket_file(session).exists()
+    assert b"in process" in session.log
 
 
 @ROOT_ONLY
-def test_the_agent_serves_no_other_user(runner: RunnerEmulator) -> None:
-    """Even with the socket reachable and the job's nonce, another uid gets no answer."""
+def test_the_agent_serves_no_other_user(kubeconfig: Path, tmp_path: Path) -> None:
+    """Even with the socket reachable, another uid gets no answer, and the agent serves on."""
+    runner = make_runner(kubeconfig, tmp_path)
     # Under /tmp itself, so that another user can reach it once we open it up.
-    tempdir = Path(tempfile.mkdtemp(prefix="custom-executor"))
-    session = JobSession(runner, Job(job_id=next_job_id()), tempdir, None)
-    try:
-        session.apply_config(session.call("config", ["config"]))
+    runtime = Path(tempfile.mkdtemp(prefix="runner-driver-test-"))
+    runner.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    with job_session(runner) as session:
         path = socket_file(session)
-        # The nonce is no secret (it is on the pod's label): the uid alone must keep it out.
-        nonce = session.environment()["RUNNER_DRIVER_NONCE"]
-        request = agent_client.encode({"op": "stats", "nonce": nonce})
-        tempdir.chmod(0o711)
+        request = encode(StatsRequest())
+        runtime.chmod(0o711)
+        path.parent.chmod(0o711)
         path.chmod(0o777)
         try:
             probe = ("import socket, os\nos.setgid(65534); os.setuid(65534)\n"
@@ -294,14 +297,13 @@ def test_the_agent_serves_no_other_user(runner: RunnerEmulator) -> None:
             result = subprocess.run([sys.executable, "-c", probe], capture_output=True,
                                     timeout=30, check=False)
         finally:
-            tempdir.chmod(0o700)
+            path.parent.chmod(0o700)
+            runtime.chmod(0o700)
         # Closed without a word (a reset or broken pipe, when our request was unread).
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() in (b"b''", b"closed")
         assert stats(session) is not None  # and it still serves its own user
-    finally:
-        session.cleanup()
-        shutil.rmtree(tempdir, ignore_errors=True)
+    shutil.rmtree(runtime, ignore_errors=True)
 
 
 # --- the agent missing, wedged or lost ---------------------------------------------
@@ -322,7 +324,7 @@ def test_stages_run_in_process_when_the_agent_is_killed(
     wait_for(lambda: pods_left(core) == [], what="the pod to be deleted")
 
 
-def test_a_stage_process_killed_mid_run_is_resumed_in_process_once(
+def test_an_agent_killed_mid_run_is_resumed_in_process_once(
         runner: RunnerEmulator, cluster: EmulatedCluster) -> None:
     """Output stays byte-identical and the script is not started a second time."""
     body = (f"echo once >> /scratch/starts; i=0; while [ $i -lt {SLOW_LINES} ]; do "
@@ -338,9 +340,7 @@ def test_a_stage_process_killed_mid_run_is_resumed_in_process_once(
             chunk = os.read(process.stdout.fileno(), 65536)
             assert chunk, f"output ended early: {first!r}"
             first += chunk
-        stage = wait_for(lambda: children(agent["pid"]), timeout=5,
-                         what="the agent's stage process")
-        os.kill(stage[0], signal.SIGKILL)
+        os.kill(agent["pid"], signal.SIGKILL)
         rest, err = process.communicate(timeout=60)
         starts = in_pod(cluster, session, "cat /scratch/starts")
     assert process.returncode == 0, err
@@ -383,8 +383,8 @@ def test_a_killed_client_makes_the_agent_stop_the_stage(
         assert process.stdout.readline() == b"started\n"
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
-        wait_for(lambda: not children(agent["pid"]), timeout=15,
-                 what="the agent's stage process to end")
+        wait_for(lambda: not (stats(session) or {}).get("stages_running"), timeout=15,
+                 what="the agent's stage to end")
         if chatty:  # stopped means: its file stops growing
             probe = "wc -c < /scratch/alive; sleep 0.5; wc -c < /scratch/alive"
             wait_for(lambda: len(set(in_pod(cluster, session, probe).split())) == 1,
@@ -434,8 +434,8 @@ def test_sigterm_while_waiting_for_a_wedged_agent_cancels_without_running(
             process = start_run(session, script_file(session, "touch /scratch/ran"))
             connection, _ = wedged.accept()
             # The client has sent its request and waits for a greeting that never comes.
-            request = agent_client.Messages(connection)
-            assert (request.next() or {}).get("stage") == "run"
+            request = Reader(connection).next()
+            assert isinstance(request, StageRequest) and request.stage == "run"
             sent = time.monotonic()
             process.send_signal(signal.SIGTERM)
             _, err = process.communicate(timeout=30)
@@ -465,113 +465,233 @@ def test_cleanup_while_a_run_is_still_going(runner: RunnerEmulator,
     wait_for(lambda: pods_left(core) == [], timeout=10, what="the pod to be deleted")
 
 
-# --- whose stages it serves: its own job's nonce only -------------------------------
+# --- one agent, many jobs ------------------------------------------------------------
+
+
+def test_concurrent_jobs_share_one_agent_which_ends_with_the_last_cleanup(
+        runner: RunnerEmulator) -> None:
+    """Two jobs at once: one agent serves both, each sees only its own job, and the agent
+    outlives the first cleanup but not the second."""
+    with job_session(runner) as first, job_session(runner) as second:
+        shared = stats(first)
+        assert shared is not None and shared["jobs"] == 2
+        for session in (first, second):
+            session.run_stage("build_script", ['echo "job $CI_JOB_ID"'])
+        assert (stats(second) or {}).get("pid") == shared["pid"]
+        first.cleanup()
+        after_first = stats(second)
+        assert after_first is not None and after_first["pid"] == shared["pid"]
+        assert after_first["jobs"] == 1
+    wait_for(lambda: not alive(int(shared["pid"])), timeout=10,
+             what="the agent to exit after the last job's cleanup")
+    for session in (first, second):
+        assert f"job {session.job.job_id}".encode() in session.log
+        other = second if session is first else first
+        assert f"job {other.job.job_id}".encode() not in session.log
 
 
 class LoneAgent:
-    """An agent started (by `agent.start`, as `config` does) for NONCE in a private job
-    directory, with no cluster: its stages append their name to `ran`, print, exit 5."""
+    """An agent started by `agent.start` as `config` does, with no cluster behind it: a
+    stage writes its job's TMPDIR and nonce to its stdout and exits 5; a stage named
+    `hang` waits until it is canceled; a stage named `crash` raises."""
 
     def __init__(self, tmp_path: Path) -> None:
-        tmpdir = tmp_path / "job"
-        tmpdir.mkdir(mode=0o700)
-        tmpdir.chmod(0o700)
-        self.env = {"TMPDIR": str(tmpdir), "RUNNER_DRIVER_NONCE": NONCE}
-        path = agent_client.socket_path(self.env, "", NONCE)
-        assert path is not None
-        self.path = path
-        self.ran = tmp_path / "ran"
+        self.runtime = tmp_path / "run"
+        self.runtime.mkdir(mode=0o700)
+        self.environ = {"XDG_RUNTIME_DIR": str(self.runtime)}
+        self.path = agent_client.socket_path(self.environ, "", os.getpid())
+        self.stamp = tmp_path / "settings.toml"
+        self.stamp.write_text("", encoding="utf-8")
 
-    def execute(self, stage: str, _arguments: dict[str, Any], _codes: ExitCodes) -> int:
-        with self.ran.open("a") as ran:
-            ran.write(stage + "\n")
-        os.write(1, f"{stage} served\n".encode())  # fd 1 is the client's pipe
+    def execute(self, stage: str, arguments: dict[str, Any], io: StageIO) -> int:
+        from runner_driver import cancel
+
+        name = arguments.get("stage", "")
+        if name == "hang":
+            while True:
+                cancel.sleep(0.05)
+        if name == "crash":
+            raise RuntimeError("a bug in one stage")
+        io.out.write(f"{stage} {io.environ.get('TMPDIR')} "
+                     f"{io.environ.get('RUNNER_DRIVER_NONCE')}\n")
         return 5
 
-    def stages_run(self) -> str:
-        return self.ran.read_text() if self.ran.exists() else ""
+    def job(self, tmp_path: Path, name: str) -> dict[str, str]:
+        """A job's environment for this agent, its TMPDIR a private directory."""
+        tmpdir = tmp_path / name
+        tmpdir.mkdir(mode=0o700)
+        return {**self.environ, "TMPDIR": str(tmpdir), "RUNNER_DRIVER_NONCE": name * 8}
 
 
 @pytest.fixture
 def lone_agent(tmp_path: Path) -> Iterator[LoneAgent]:
-    """A LoneAgent, serving; on exit its socket is removed and it is gone."""
+    """A LoneAgent, serving one job (`first`); on exit it is gone."""
     lone = LoneAgent(tmp_path)
-    assert agent.start(lone.path, lone.execute, 60, NONCE)
-    first = agent_client.stats_for(lone.env, None)
-    assert first is not None
+    first = lone.job(tmp_path, "a000")
+    stamp = str(lone.stamp)
+    from runner_driver import settings
+
+    assert agent.start(lone.path, lone.execute, 60, first["TMPDIR"],
+                       lambda: settings.stamp([stamp]))
+    found = agent_client.stats_for(lone.environ, None)
+    assert found is not None
     try:
         yield lone
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lone.path)
-        wait_for(lambda: not alive(int(first["pid"])), timeout=10,
+        wait_for(lambda: not alive(int(found["pid"])), timeout=10,
                  what="the agent to exit once its socket is gone")
 
 
-def test_start_refuses_an_empty_nonce(tmp_path: Path) -> None:
-    """An agent without its job's nonce is never started: an error, and no socket."""
-    lone = LoneAgent(tmp_path)
-    with pytest.raises(OSError, match="nonce"):
-        agent.start(lone.path, lone.execute, 60, "")
-    assert not Path(lone.path).exists()
-    assert agent_client.stats_for(lone.env, None) is None
+def hand(lone: LoneAgent, environ: dict[str, str], stage: str = "run",
+         name: str = "build_script") -> tuple[int | None, bytes]:
+    """`hand_over` in a child process, as a stage process would; (exit code, stdout)."""
+    probe = ("import json, os, sys\nfrom runner_driver import agent_client\n"
+             "env = json.loads(sys.argv[1])\n"
+             "h = agent_client.hand_over(sys.argv[2], {'script': '/s', 'stage': sys.argv[3]}, "
+             "env, '')\nsys.stdout.flush()\n"
+             "os._exit(200 if h is None else h.exit_code if h.exit_code is not None else 201)\n")
+    result = subprocess.run([sys.executable, "-c", probe, json.dumps(environ), stage, name],
+                            capture_output=True, timeout=30, check=False)
+    code = None if result.returncode in (200, 201) else result.returncode
+    return code, result.stdout
 
 
-@pytest.mark.parametrize("foreign", FOREIGN)
-def test_the_agent_refuses_requests_without_its_jobs_nonce(
-        lone_agent: LoneAgent, foreign: dict[str, str]) -> None:
-    """Stats, run and cleanup requests without the agent's own nonce are refused unrun,
-    and a refused cleanup does not stop the agent."""
-    assert ask(lone_agent.path, {"op": "stats", **foreign}) == REFUSED
-    for stage in ("run", "prepare", "cleanup"):
-        request = {"op": "stage", "stage": stage, "arg.script": "/s", "arg.stage": "x"}
-        assert ask(lone_agent.path, request | foreign, pipes=True) == REFUSED
-    assert lone_agent.stages_run() == ""
-    served = agent_client.stats_for(lone_agent.env, None)
+def test_each_stage_runs_with_its_own_jobs_environment_and_pipes(
+        lone_agent: LoneAgent, tmp_path: Path) -> None:
+    """Stages of two jobs through one agent: each writes to its own client, and sees its
+    own TMPDIR and nonce, never the other job's."""
+    jobs = [lone_agent.job(tmp_path, name) for name in ("b111", "c222")]
+    results: dict[str, tuple[int | None, bytes]] = {}
+    threads = [threading.Thread(target=lambda e=e: results.update({e["TMPDIR"]: hand(
+        lone_agent, e)})) for e in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for environ in jobs:
+        assert results[environ["TMPDIR"]] == \
+            (5, f"run {environ['TMPDIR']} {environ['RUNNER_DRIVER_NONCE']}\n".encode())
+    served = agent_client.stats_for(lone_agent.environ, None)
+    assert served is not None and served["stages_served"] == 2 and served["jobs"] == 3
+
+
+def test_a_hung_stage_or_a_crashing_one_does_not_hold_up_another_job(
+        lone_agent: LoneAgent, tmp_path: Path) -> None:
+    """One job's stage that hangs, and another's that raises, leave a third job's stage
+    served at once; the crash costs its client the agent's answer, nothing more."""
+    hung = subprocess.Popen(
+        [sys.executable, "-c", "import json, sys\nfrom runner_driver import agent_client\n"
+         "agent_client.hand_over('run', {'script': '/s', 'stage': 'hang'}, "
+         "json.loads(sys.argv[1]), '')\n", json.dumps(lone_agent.job(tmp_path, "d333"))],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: (agent_client.stats_for(lone_agent.environ, None) or {}).get(
+            "stages_running") == 1, timeout=10, what="the hung stage to be running")
+        crash = hand(lone_agent, lone_agent.job(tmp_path, "e444"), name="crash")
+        assert crash[0] is None  # no answer: its stage process would continue in-process
+        other = lone_agent.job(tmp_path, "f555")
+        started = time.monotonic()
+        assert hand(lone_agent, other)[0] == 5
+        assert time.monotonic() - started < 5
+    finally:
+        hung.send_signal(signal.SIGTERM)  # its client forwards the cancel: the stage ends
+        hung.wait(10)
+    wait_for(lambda: (agent_client.stats_for(lone_agent.environ, None) or {}).get(
+        "stages_running") == 0, timeout=10, what="the canceled stage to end")
+
+
+def test_malformed_requests_are_refused_and_the_agent_serves_on(
+        lone_agent: LoneAgent, tmp_path: Path) -> None:
+    """A stage request without its two pipes, an unknown stage, and garbage are refused
+    or dropped, unrun; a good request right after is served."""
+    environ = lone_agent.job(tmp_path, "a777")
+    assert isinstance(ask(lone_agent.path, StageRequest("run", {}, environ)), Refused)
+    with socket.socket(socket.AF_UNIX) as raw:
+        agent_client.reach(lone_agent.path, raw.connect)
+        raw.sendall(b"op=stage\0stage=rm -rf\0\0")
+        assert raw.recv(100) == b""
+    with socket.socket(socket.AF_UNIX) as raw:
+        agent_client.reach(lone_agent.path, raw.connect)
+        raw.sendall(b"no equals sign\0\0")
+        assert raw.recv(100) == b""
+    served = agent_client.stats_for(lone_agent.environ, None)
     assert served is not None and served["stages_served"] == 0
+    assert hand(lone_agent, environ)[0] == 5
 
 
-def test_a_nonce_that_is_not_text_is_not_served_and_the_agent_serves_on(
-        lone_agent: LoneAgent) -> None:
-    """A nonce field of undecodable bytes is no match: no service, nothing run, still serving."""
-    garbage = os.fsdecode(b"\xff" * 32)  # as the agent decodes it: lone surrogates
-    assert ask(lone_agent.path, {"op": "stats", "nonce": garbage}) in (None, REFUSED)
-    request = {"op": "stage", "stage": "cleanup", "nonce": garbage}
-    assert ask(lone_agent.path, request, pipes=True) in (None, REFUSED)
-    assert lone_agent.stages_run() == ""
-    assert ask(lone_agent.path, {"op": "stats", "nonce": NONCE}) is not None
+def test_changed_settings_retire_the_agent_after_its_running_stages(
+        lone_agent: LoneAgent, tmp_path: Path) -> None:
+    """The settings file changed: the next request is refused (its stage runs itself and
+    starts a fresh agent), and this agent exits."""
+    before = agent_client.stats_for(lone_agent.environ, None)
+    assert before is not None
+    lone_agent.stamp.write_text("[logging]\nlevel = 'info'\n", encoding="utf-8")
+    assert hand(lone_agent, lone_agent.job(tmp_path, "a888")) == (None, b"")
+    wait_for(lambda: not alive(int(before["pid"])), timeout=10,
+             what="the agent with old settings to exit")
 
 
-def test_the_agent_serves_requests_with_its_jobs_nonce(
-        lone_agent: LoneAgent, capfd: pytest.CaptureFixture[str]) -> None:
-    """With the agent's own nonce, stats are answered and a stage runs there, once."""
-    stats_reply = ask(lone_agent.path, {"op": "stats", "nonce": NONCE})
-    assert stats_reply is not None and "refused" not in stats_reply
-    handoff = agent_client.hand_over("run", {"script": "/s", "stage": "build_script"},
-                                     lone_agent.env, "")
-    assert handoff is not None and handoff.exit_code == 5
-    assert capfd.readouterr().out == "run served\n"
-    assert lone_agent.stages_run() == "run\n"
-    served = agent_client.stats_for(lone_agent.env, None)
-    assert served is not None and served["stages_served"] == 1
+def test_stats_are_typed_and_count_the_jobs_it_serves(lone_agent: LoneAgent) -> None:
+    """A stats request gets a Stats message: this process's agent, one job, nothing run."""
+    reply = ask(lone_agent.path, StatsRequest())
+    assert isinstance(reply, Stats)
+    assert (reply.jobs, reply.stages_served, reply.stages_running) == (1, 0, 0)
+    assert reply.pid != os.getpid() and alive(reply.pid)
 
 
-def test_the_jobs_agent_refuses_another_jobs_stage(runner: RunnerEmulator,
-                                                   cluster: EmulatedCluster) -> None:
-    """The job's real agent refuses a run request carrying another job's nonce: the script
-    never runs, and the job's own stages are still served."""
-    with job_session(runner) as session:
-        before = stats(session)
-        assert before is not None
-        script = script_file(session, "touch /scratch/foreign")
-        request = {"op": "stage", "stage": "run", "nonce": OTHER_NONCE,
-                   "arg.script": str(script), "arg.stage": "build_script"}
-        assert ask(socket_file(session), request, pipes=True) == REFUSED
-        assert ask(socket_file(session), {"op": "stats", "nonce": OTHER_NONCE}) == REFUSED
-        session.run_stage("build_script", ["echo still ours"])
-        after = stats(session)
-        ran = in_pod(cluster, session, "[ -e /scratch/foreign ] && echo yes || echo no")
-    assert b"still ours" in session.log
-    assert ran == b"no\n"
-    assert after is not None and after["pid"] == before["pid"]
-    assert after["stages_served"] == before["stages_served"] + 1
+# --- nothing outlives its runner ---------------------------------------------------------
+
+# A runner emulator in a process of its own, so a test can SIGKILL it mid-job: it runs
+# config and prepare, prints the job's environment, then a build_script that sleeps.
+KILLED_RUNNER = """
+import json, sys
+from pathlib import Path
+from runner_driver.emulator.runner import Job, JobSession
+from tests.conftest import make_runner
+kubeconfig, workdir, job_id = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+runner = make_runner(kubeconfig, workdir, "")
+tempdir = workdir / "job"
+tempdir.mkdir(mode=0o700)
+session = JobSession(runner, Job(job_id=job_id), tempdir, None)
+session.apply_config(session.call("config", ["config"]))
+assert session.call("prepare", ["prepare"]).exit_code == 0
+print(json.dumps(session.environment()), flush=True)
+session.run_body("build_script", "echo started; sleep 120")
+"""
+
+
+def test_a_runner_killed_mid_job_takes_its_agent_with_it(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> None:
+    """SIGKILL to gitlab-runner mid-stage: its agent exits within 5 s, the agent's socket
+    is gone, and the script in the pod is stopped."""
+    job_id = next_job_id()
+    runner = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUNNER, str(kubeconfig), str(tmp_path), str(job_id)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=Path(__file__).parent.parent)
+    try:
+        assert runner.stdout is not None
+        environ = json.loads(runner.stdout.readline())
+        found: dict[str, Any] = {}
+
+        def stage_running() -> bool:
+            found.update(agent_client.stats_for(environ, None, runner.pid) or {})
+            return bool(found.get("stages_running"))
+
+        wait_for(stage_running, timeout=30, what="the build_script stage in the agent")
+        path = Path(agent_client.socket_path(environ, agent_client.config_spec(None, environ),
+                                             runner.pid))
+        assert path.exists()
+        runner.kill()
+        runner.wait(10)
+        killed = time.monotonic()
+        wait_for(lambda: not alive(int(found["pid"])), timeout=5,
+                 what="the agent to exit after its runner")
+        assert time.monotonic() - killed < 5.0
+        assert not path.exists()
+    finally:
+        runner.kill()
+        runner.wait(10)
+        for pod in core.list_namespaced_pod(NS, label_selector=f"{JOB_LABEL}={job_id}").items:
+            core.delete_namespaced_pod(pod.metadata.name, NS, grace_period_seconds=0)

@@ -19,7 +19,7 @@ from typing import Any
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from .. import logs
+from .. import cancel, logs
 from ..errors import ClusterError
 from . import rest, streams
 from .connection import Connection
@@ -195,6 +195,7 @@ class Cluster:
         version = str(pod["metadata"].get("resourceVersion") or "")
         failures = 0
         while (remaining := deadline - time.monotonic()) > 0:
+            cancel.check()
             opened, seen = time.monotonic(), False
             try:
                 for kind, obj in self._watch_pod(name, version, remaining):
@@ -208,7 +209,7 @@ class Cluster:
                     if kind == "DELETED":
                         return
                 if not seen and time.monotonic() - opened < 1.0:
-                    time.sleep(0.2)  # a server that ends watches at once: do not spin
+                    cancel.sleep(0.2)  # a server that ends watches at once: do not spin
             except ClusterError as error:
                 if error.status == 410:
                     # Our resource version is too old: re-list. The list's own version
@@ -231,7 +232,7 @@ class Cluster:
                 logs.get().warning("watching the pod again after a transient error",
                                    attempt=failures, action=f"watching pod {self.namespace}/"
                                    f"{name}", error=str(error), retry_in=f"{wait:.1f}s")
-                time.sleep(wait)
+                cancel.sleep(wait)
 
     def wait_gone(self, name: str, timeout: float) -> bool:
         """Wait until the pod no longer exists; False if it is still there after `timeout`."""

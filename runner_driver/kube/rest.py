@@ -13,12 +13,17 @@ any answer outside 2xx, which `errors.api_error` translates.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import certifi
+import websocket
 from kubernetes.client.api_client import ApiClient
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import ws_client
+
+from .. import cancel
 
 Query = Sequence[tuple[str, str | list[str]]]
 _JSON_HEADERS = {"Accept": "application/json", "Content-Type": "application/json"}
@@ -72,26 +77,63 @@ class Rest:
         """
         response = self._send("GET", path, params, timeout, [*query, ("watch", "true")],
                               None).response
-        try:
-            for line in _lines(response):
-                event = json.loads(line)
-                if event.get("type") == "ERROR":
-                    status = event.get("object") or {}
-                    raise ApiException(status=int(status.get("code") or 0) or None,
-                                       reason=str(status.get("reason") or "Error"),
-                                       body=json.dumps(status))
-                yield event
-        finally:
-            response.release_conn()
+        # A cancel breaks the read (which may wait for minutes) by shutting the socket.
+        breaker = getattr(response, "shutdown", response.close)
+        with cancel.interrupting(breaker):
+            try:
+                for line in _lines(response):
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise ApiException(status=int(status.get("code") or 0) or None,
+                                           reason=str(status.get("reason") or "Error"),
+                                           body=json.dumps(status))
+                    yield event
+            finally:
+                response.release_conn()
 
-    def exec_socket(self, path: str, params: dict[str, str], query: Query) -> Any:
-        """An exec websocket (the client's `WSClient`) that keeps no copy of the output."""
-        method, url, headers, _body, _post = self._client.param_serialize(
+    def exec_socket(self, path: str, params: dict[str, str], query: Query,
+                    timeout: float) -> ExecSocket:
+        """An exec websocket, its handshake bounded by `timeout` in any thread.
+
+        The client's own `create_websocket` sets no timeout at all: a server that
+        accepts and never answers would block the handshake for ever, and only a
+        process's main thread could cut it short (with a signal). So the socket is
+        opened here with the same headers, subprotocols, TLS options and proxy
+        settings the client uses (`ws_client.create_websocket`), plus the timeout.
+        """
+        _method, url, headers, _body, _post = self._client.param_serialize(
             "GET", path, params, list(query), {"Accept": "*/*"}, auth_settings=["BearerToken"],
             collection_formats={"command": "multi"})
-        return ws_client.websocket_call(self.configuration, method, url, headers=headers,
-                                        _preload_content=False, capture_all=False,
-                                        binary=True)
+        config = self.configuration
+        header = [f"authorization: {headers['authorization']}"] \
+            if "authorization" in headers else []
+        header.append(f"sec-websocket-protocol: {ws_client.V5_CHANNEL_PROTOCOL},"
+                      f"{ws_client.V4_CHANNEL_PROTOCOL}")
+        ws_url = ws_client.get_websocket_url(url)
+        options: dict[str, Any] = {"cert_reqs": ssl.CERT_NONE}
+        if ws_url.startswith("wss://") and config.verify_ssl:
+            options = {"cert_reqs": ssl.CERT_REQUIRED,
+                       "ca_certs": config.ssl_ca_cert or certifi.where()}
+            if config.assert_hostname is not None:
+                options["check_hostname"] = config.assert_hostname
+        if config.cert_file:
+            options["certfile"] = config.cert_file
+        if config.key_file:
+            options["keyfile"] = config.key_file
+        if config.tls_server_name:
+            options["server_hostname"] = config.tls_server_name
+        connect: dict[str, Any] = {"header": header, "timeout": timeout}
+        if config.proxy or config.proxy_headers:
+            connect = ws_client.websocket_proxycare(connect, config, ws_url, headers)
+        sock = websocket.WebSocket(sslopt=options, skip_utf8_validation=False)
+        try:
+            sock.connect(ws_url, **connect)  # type: ignore[no-untyped-call]
+        except Exception as error:
+            # As the client's `websocket_call` reports a failed handshake: status 0 and
+            # the websocket library's text, which carries the server's status and body.
+            raise ApiException(status=0, reason=str(error)) from error
+        return ExecSocket(sock)
 
     def _send(self, method: str, path: str, params: dict[str, str], timeout: float,
               query: Query, body: Any) -> Any:
@@ -103,6 +145,19 @@ class Rest:
             response.read()
             raise ApiException.from_response(http_resp=response, body=None, data=None)
         return response
+
+
+class ExecSocket:
+    """An open exec websocket: frames are read from `sock`; stdin goes to channel 0."""
+
+    def __init__(self, sock: websocket.WebSocket) -> None:
+        self.sock = sock
+
+    def write_stdin(self, data: bytes) -> None:
+        self.sock.send(b"\x00" + data, opcode=websocket.ABNF.OPCODE_BINARY)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _lines(response: Any) -> Iterator[bytes]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import tenacity
 
-from .. import logs
+from .. import cancel, logs
 from ..errors import ClusterError
 
 # 2 ** 60 times any sensible `initial` is far beyond any `maximum`; larger powers of a
@@ -73,7 +73,7 @@ class RetryPolicy:
             retry=tenacity.retry_if_exception(
                 lambda e: isinstance(e, ClusterError) and e.transient),
             stop=tenacity.stop_before_delay(self.budget), wait=wait,
-            before_sleep=log_retry, reraise=True)
+            before_sleep=log_retry, reraise=True, sleep=cancel.sleep)
 
 
 def _error(state: tenacity.RetryCallState) -> BaseException | None:

@@ -78,14 +78,10 @@ def _exec_session(api: rest.Rest, namespace: str, request_timeout: float, pod: s
                   container: str, argv: list[str], stdin: bool) -> Iterator[Any]:
     what = f"starting a command in container {container} of pod {namespace}/{pod}"
     try:
-        # The client opens exec websockets with no timeout at all: a server that
-        # accepts the connection and never answers would block the handshake for
-        # ever, so it is bounded from outside, and frame reads by a socket timeout.
-        with cancel.time_limit(request_timeout):
-            session = api.exec_socket(
-                rest.pods(namespace, pod) + "/exec", {"namespace": namespace, "name": pod},
-                [("command", argv), ("container", container), ("stdin", _flag(stdin)),
-                 ("stdout", "true"), ("stderr", "true"), ("tty", "false")])
+        session = api.exec_socket(
+            rest.pods(namespace, pod) + "/exec", {"namespace": namespace, "name": pod},
+            [("command", argv), ("container", container), ("stdin", _flag(stdin)),
+             ("stdout", "true"), ("stderr", "true"), ("tty", "false")], request_timeout)
         session.sock.settimeout(request_timeout)
     except Exception as error:
         raise api_error(what, error) from error
@@ -119,7 +115,10 @@ def _pump(session: Any, out: Sink, err: Sink, deadline: float | None,
     ws.settimeout(PUMP_TICK_SECONDS)
     status = bytearray()
     last = time.monotonic()
+    scope = cancel.current()  # a stage thread of the agent meets its cancel here
     while True:
+        if scope.canceled_at is not None:
+            scope.check()
         try:
             opcode, frame = ws.recv_data_frame(True)
         except websocket.WebSocketTimeoutException:

@@ -303,7 +303,8 @@ def log_throughput(bench: Bench, repeats: int = 3, cap_seconds: float = 30.0) ->
             f">= {THROUGHPUT_RATIO_TARGET:.0%}",
             "PASS" if ratio >= THROUGHPUT_RATIO_TARGET and all(complete) else "FAIL"),
     ]
-    for who, key in (("client", "client_max_rss_kb"), ("agent handler", "agent_max_rss_kb")):
+    for who, key in (("client", "client_max_rss_kb"), ("agent (all its stages)",
+                                                      "agent_max_rss_kb")):
         small, large = memory[20][key], memory[200][key]
         if small is None or large is None:
             item.rows.append(Row(f"peak RSS {who} at 20 / 200 MB", "no agent"))
@@ -355,7 +356,7 @@ def peak_memory(bench: Bench, size: int, cap_seconds: float) -> dict[str, Any]:
         agent = session.agent_last
     return {"bytes": size, "complete": finished, "delivered_bytes": call.stdout_bytes,
             "wall_seconds": call.seconds, "client_max_rss_kb": call.max_rss_kb,
-            "agent_max_rss_kb": None if agent is None else agent.get("max_handler_rss_kb"),
+            "agent_max_rss_kb": None if agent is None else agent.get("rss_kb"),
             "agent_stats": agent}
 
 
