@@ -45,7 +45,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import cancel
-from .agent_client import GREETING_TIMEOUT_SECONDS, connect, reach
+from .agent_client import GREETING_TIMEOUT_SECONDS, Claim, remove_socket
 from .agent_protocol import (
     Accepted,
     Cancel,
@@ -70,65 +70,34 @@ _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 _RECEIVE = 65536
 
 
-def start(path: str, execute: Execute, idle_timeout: float, job: str,
-          stamp: Callable[[], object]) -> bool:
-    """Leave an agent serving this runner at `path`; False when one already answers there.
+def start(claimed: Claim, execute: Execute, idle_timeout: float, job: str,
+          stamp: Callable[[], object], runner_pid: int) -> None:
+    """Leave an agent serving this runner on the socket `claimed` (it is the agent's now).
 
     `job` (the starting stage's TMPDIR) is the first job it serves; `stamp` tells
     whether the settings it loaded are still current (its value must not change).
-
-    Raises:
-        OSError: the socket could not be created (the stages then run in-process).
     """
-    listener = _listen(path)
-    if listener is None:
-        return False
-    runner = _watch(os.getppid())
+    runner = _watch(runner_pid)
     first = stamp()
     sys.stdout.flush()
     sys.stderr.flush()
+    claimed.taken = True
     child = os.fork()
     if child:
-        listener.close()
+        claimed.listener.close()
         if runner >= 0:
             os.close(runner)
         os.waitpid(child, 0)  # it forks the agent and exits at once
-        return True
+        return
     try:
         os.setsid()  # out of the runner's process group: its kill is for the stage
         if os.fork() == 0:
+            listener = socket.socket(fileno=claimed.listener.detach())
             _detach(listener.fileno(), runner)
-            _Agent(listener, path, execute, idle_timeout, runner, job,
+            _Agent(listener, claimed.path, execute, idle_timeout, runner, job,
                    lambda: stamp() == first).serve()
     finally:
         os._exit(0)
-
-
-def _listen(path: str) -> socket.socket | None:
-    directory = os.path.dirname(path)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(directory, 0o700)
-    info = os.stat(directory)
-    if info.st_uid != os.getuid() or info.st_mode & 0o077:
-        raise OSError(f"the agent directory {directory} is not private to this user")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        try:
-            reach(path, listener.bind)
-        except OSError:
-            alive = connect(path)
-            if alive is not None:
-                alive.close()
-                listener.close()
-                return None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # left by an agent that died
-            reach(path, listener.bind)
-        listener.listen(64)
-    except OSError:
-        listener.close()
-        raise
-    return listener
 
 
 def _watch(pid: int) -> int:
@@ -171,6 +140,7 @@ class _Agent:
         # The jobs it serves, by TMPDIR (one per job), and when each was last heard of.
         self.jobs: dict[str, float] = {job: time.monotonic()} if job else {}
         self.scopes: dict[int, cancel.Scope] = {}
+        self.connections = 0  # accepted and not yet finished: the agent must not go
         self.running = 0
         self.served = 0
         self.active = time.monotonic()
@@ -198,7 +168,7 @@ class _Agent:
             for job, seen in list(self.jobs.items()):  # a job whose cleanup never came
                 if now - seen > self.idle_timeout:
                     del self.jobs[job]
-            if self.running:
+            if self.running or self.connections:
                 return False
             return (self.stopping or not self.jobs or not self._socket_is_ours()
                     or now - self.active > self.idle_timeout)
@@ -210,10 +180,9 @@ class _Agent:
             return False
 
     def _close(self) -> None:
-        if self._socket_is_ours():
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+        # Closed first: a stage that finds the socket now is refused and claims anew.
         self.listener.close()
+        remove_socket(self.path, self.inode)
 
     def _reap(self) -> None:
         """Collect any process that came to us as the subreaper."""
@@ -238,6 +207,8 @@ class _Agent:
             conn, _ = self.listener.accept()
         except OSError:  # the client gave up already, or we are out of descriptors
             return
+        with self.lock:
+            self.connections += 1
         # A slow or malformed request holds only its own thread.
         threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
 
@@ -270,6 +241,9 @@ class _Agent:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
+            with self.lock:
+                self.connections -= 1
+                self.active = time.monotonic()
 
     def _refusal(self, request: object, fds: list[int]) -> str:
         if not isinstance(request, StageRequest):

@@ -62,6 +62,7 @@ MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 # From the request to the agent's greeting; the agent answers at once, so this is only
 # reached by an agent that is stopped or wedged.
 GREETING_TIMEOUT_SECONDS = 5.0
+BACKLOG = 256  # stages that queue while the agent is being started
 PIPE_SIZE = 1 << 20
 CHUNK = 1 << 20
 _UCRED_SIZE = 12  # struct ucred: pid, uid, gid (C ints)
@@ -105,6 +106,97 @@ def socket_path(environ: Mapping[str, str], spec: str, runner_pid: int) -> str:
     identity = "\0".join([spec, environ.get("KUBECONFIG", ""), str(runner_pid)])
     checksum = zlib.crc32(identity.encode(errors="surrogateescape"))
     return os.path.join(agent_directory(environ), f"{SOCKET_PREFIX}{checksum:08x}.sock")
+
+
+def runner_pid(environ: Mapping[str, str]) -> int:
+    """The gitlab-runner process this stage belongs to: our parent, unless a wrapper that
+    cannot exec put itself in between and named the runner in RUNNER_DRIVER_RUNNER_PID."""
+    given = environ.get("RUNNER_DRIVER_RUNNER_PID", "")
+    return int(given) if given.isascii() and given.isdigit() and int(given) > 1 \
+        else os.getppid()
+
+
+class Claim:
+    """A bound agent socket, taken before this stage loads the client.
+
+    Stages that start meanwhile (50 jobs at once) connect and wait in its backlog for the
+    agent this stage is about to leave, instead of each loading the client themselves.
+    """
+
+    def __init__(self, path: str, listener: _socket.socket) -> None:
+        self.path = path
+        self.listener = listener
+        self.inode = os.stat(path).st_ino
+        self.taken = False  # the agent has it now
+
+    def release(self) -> None:
+        """No agent was left: close it, and remove its socket if that is still ours."""
+        if self.taken:
+            return
+        self.listener.close()
+        remove_socket(self.path, self.inode)
+
+
+def remove_socket(path: str, inode: int) -> None:
+    """Remove the socket at `path` if it is still the one with `inode`.
+
+    Under the directory's flock, as claims are: a check and an unlink outside it could
+    remove the socket a new claim bound in between.
+    """
+    try:
+        lock = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        os.close(lock)
+
+
+def claim(path: str) -> Claim | None:
+    """Bind and listen at `path` for the agent this stage will leave; None when another
+    agent (or claim) answers there, or the directory is not private to us.
+
+    Claims are made under an flock of the directory, so that of two stages finding no
+    agent at once, the second sees the first's socket instead of taking it for a dead
+    agent's and replacing it.
+    """
+    directory = os.path.dirname(path)
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    if not private_directory(path):
+        return None
+    listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    lock = -1
+    try:
+        lock = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        alive = connect(path)
+        if alive is not None:
+            alive.close()
+            listener.close()
+            return None
+        try:  # noqa: SIM105 - contextlib would cost the light path an import
+            os.unlink(path)  # left by an agent that died
+        except FileNotFoundError:
+            pass
+        reach(path, listener.bind)
+        listener.listen(BACKLOG)
+        return Claim(path, listener)
+    except OSError:
+        listener.close()
+        return None
+    finally:
+        if lock >= 0:
+            os.close(lock)  # and with it the flock
 
 
 def address(path: str) -> tuple[str, int | None]:
@@ -189,7 +281,7 @@ def hand_over(stage: str, arguments: Mapping[str, str], environ: Mapping[str, st
 
     Our stdout and stderr receive the stage's, byte for byte.
     """
-    conn = connect(socket_path(environ, spec, os.getppid()))
+    conn = connect(socket_path(environ, spec, runner_pid(environ)))
     if conn is None:
         return None
     given = dict(arguments)

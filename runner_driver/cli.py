@@ -37,6 +37,7 @@ EMULATOR_EXTRA_HINT = (
     "the emulated cluster needs the 'emulator' extra: pip install 'runner-driver[emulator]'")
 DOCS = "https://docs.gitlab.com/runner/executors/custom/"
 STAGES = ("config", "prepare", "run", "cleanup")
+LEAVES_AGENT = ("config", "prepare")  # when they run here, they leave the runner's agent
 CLEANUP_SIGTERM_GRACE_SECONDS = 3.0
 CANCELED = "canceled: gitlab-runner sent SIGTERM; stopped"
 
@@ -154,20 +155,39 @@ def stage_call(argv: Sequence[str]) -> tuple[str, str | None, dict[str, str]] | 
 
 def _stage(stage: str, config: str | None, arguments: dict[str, Any]) -> int:
     spec = agent_client.config_spec(config, os.environ)
-    try:
-        handoff = agent_client.hand_over(stage, arguments, os.environ, spec)
-    except Exception as error:  # a bug in the light path is still a system failure
-        return _system_failure(stage, f"unexpected error: {type(error).__name__}: {error}")
-    if handoff is not None and handoff.exit_code is not None:
-        return handoff.exit_code
-    if handoff is not None and handoff.canceled:
-        return _canceled(stage)
+    claim = None
+    for looked in (False, True):
+        try:
+            handoff = agent_client.hand_over(stage, arguments, os.environ, spec)
+        except Exception as error:  # a bug in the light path is still a system failure
+            return _system_failure(stage,
+                                   f"unexpected error: {type(error).__name__}: {error}")
+        if handoff is not None and handoff.exit_code is not None:
+            return handoff.exit_code
+        if handoff is not None and handoff.canceled:
+            return _canceled(stage)
+        if handoff is not None or looked or stage not in LEAVES_AGENT:
+            break
+        claim = _claim(stage, spec)
+        if claim is not None:
+            break
+        # Another stage claimed the socket since we looked: its agent serves us.
     if handoff is not None and stage == "run" and handoff.stage_id:
         arguments |= {"stage_id": handoff.stage_id, "offset": handoff.offset}
     from .runner_env import StageIO
 
     io = StageIO.of_process()
-    return execute(stage, arguments, io, lambda: _wire(config, io), spec)
+    try:
+        return execute(stage, arguments, io, lambda: _wire(config, io), spec, claim)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _claim(stage: str, spec: str) -> agent_client.Claim | None:
+    """For a stage that will leave an agent: its socket, taken before the slow part."""
+    path = agent_client.socket_path(os.environ, spec, agent_client.runner_pid(os.environ))
+    return agent_client.claim(path)
 
 
 def _canceled(stage: str) -> int:
@@ -182,12 +202,13 @@ def _system_failure(stage: str, message: str) -> int:
 
 
 def execute(stage: str, arguments: Mapping[str, Any], io: StageIO,
-            wire: Callable[[], Wiring], agent_spec: str | None) -> int:
+            wire: Callable[[], Wiring], agent_spec: str | None,
+            claim: agent_client.Claim | None = None) -> int:
     """Run one stage here; the runner's exit code for its outcome.
 
     The runner's agent runs its stages through here too, each in a thread with its own
-    `io`. `agent_spec` (None in the agent) lets `config` and `prepare` leave an agent
-    for the later stages.
+    `io`. With the socket `claim`ed for it, `config` and `prepare` leave an agent for
+    the later stages (`agent_spec` names their settings; both None in the agent).
     """
     from contextlib import nullcontext
 
@@ -203,7 +224,7 @@ def execute(stage: str, arguments: Mapping[str, Any], io: StageIO,
             # land, but stop within the runner's patience.
             with cancel.shielded(CLEANUP_SIGTERM_GRACE_SECONDS) if stage == "cleanup" \
                     else nullcontext():
-                return _dispatch(stage, arguments, wire, redactor, agent_spec, io)
+                return _dispatch(stage, arguments, wire, redactor, agent_spec, io, claim)
         finally:
             cancel.uninstall()
     except JobFailed as failure:
@@ -237,7 +258,8 @@ def _wire(config_path: str | None, io: StageIO) -> Wiring:
 
 
 def _dispatch(stage: str, arguments: Mapping[str, Any], wire: Callable[[], Wiring],
-              redactor: logs.Redactor, agent_spec: str | None, io: StageIO) -> int:
+              redactor: logs.Redactor, agent_spec: str | None, io: StageIO,
+              claim: agent_client.Claim | None) -> int:
     import json
     from pathlib import Path
 
@@ -259,7 +281,7 @@ def _dispatch(stage: str, arguments: Mapping[str, Any], wire: Callable[[], Wirin
         output = config(loaded, job, wiring.connection.namespace)
         io.out.write(json.dumps(output) + "\n")
         io.out.flush()
-        _leave_agent(wiring, agent_spec, io)
+        _leave_agent(wiring, agent_spec, io, claim)
         return 0
     namespace = job.namespace_from_config or wiring.connection.namespace
     cluster = kube.Cluster(kube.Connection(wiring.connection.configuration, namespace,
@@ -268,7 +290,7 @@ def _dispatch(stage: str, arguments: Mapping[str, Any], wire: Callable[[], Wirin
                            loaded.kubernetes.retry_timeout_seconds)
     if stage == "prepare":
         prepare(loaded, job, cluster, io.out)
-        _leave_agent(wiring, agent_spec, io)
+        _leave_agent(wiring, agent_spec, io, claim)
     elif stage == "run":
         io.out.flush()
         run(cluster, name, Path(arguments["script"]), arguments["stage"], job.nonce,
@@ -279,14 +301,19 @@ def _dispatch(stage: str, arguments: Mapping[str, Any], wire: Callable[[], Wirin
     return 0
 
 
-def _leave_agent(wiring: Wiring, agent_spec: str | None, io: StageIO) -> None:
-    """Fork the runner's agent, so later stages start warm (see `agent`)."""
+def _leave_agent(wiring: Wiring, agent_spec: str | None, io: StageIO,
+                 claim: agent_client.Claim | None) -> None:
+    """Fork the runner's agent on the claimed socket, so later stages start warm."""
     from . import agent, logs, settings
     from .runner_env import JobContext
 
     if agent_spec is None or not wiring.settings.agent.enabled:
         return
-    path = agent_client.socket_path(io.environ, agent_spec, os.getppid())
+    if claim is None:
+        logs.get().info("no agent left: another serves this runner, or the agent "
+                        "directory is not private to this user",
+                        directory=agent_client.agent_directory(io.environ))
+        return
     watched = [wiring.settings.source, io.environ.get("KUBECONFIG", "")]
 
     def serve(stage: str, arguments: dict[str, Any], stage_io: StageIO) -> int:
@@ -296,12 +323,8 @@ def _leave_agent(wiring: Wiring, agent_spec: str | None, io: StageIO) -> None:
 
         return execute(stage, arguments, stage_io, served, None)
 
-    try:
-        agent.start(path, serve, wiring.settings.agent.idle_timeout_seconds,
-                    wiring.job.tmpdir, lambda: settings.stamp(watched))
-    except OSError as error:
-        logs.get().info("could not start the runner's agent; later stages load the "
-                        "Kubernetes client themselves", error=str(error))
+    agent.start(claim, serve, wiring.settings.agent.idle_timeout_seconds, wiring.job.tmpdir,
+                lambda: settings.stamp(watched), agent_client.runner_pid(io.environ))
 
 
 def _gc(args: argparse.Namespace) -> int:

@@ -490,6 +490,36 @@ def test_concurrent_jobs_share_one_agent_which_ends_with_the_last_cleanup(
         assert f"job {other.job.job_id}".encode() not in session.log
 
 
+def test_jobs_starting_together_wait_for_one_agent_instead_of_loading_the_client(
+        kubeconfig: Path, tmp_path: Path) -> None:
+    """Six configs at once with no agent yet: one loads the client and leaves the agent
+    (its socket taken first), the other five wait for it and are served there."""
+    runner = make_runner(kubeconfig, tmp_path)
+    sessions = []
+    for index in range(6):
+        tempdir = tmp_path / f"job{index}"
+        tempdir.mkdir(mode=0o700)
+        sessions.append(JobSession(runner, Job(job_id=next_job_id()), tempdir, None))
+    calls: dict[int, Any] = {}
+    threads = [threading.Thread(target=lambda i=i, s=s: calls.update(
+        {i: s.call("config", ["config"])})) for i, s in enumerate(sessions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(call.exit_code == 0 for call in calls.values())
+    loaded = [call.cpu_seconds for call in calls.values() if call.cpu_seconds > 0.25]
+    assert len(loaded) == 1, sorted(call.cpu_seconds for call in calls.values())
+    for session, call in zip(sessions, (calls[i] for i in range(6)), strict=True):
+        session.apply_config(call)
+    served = stats(sessions[0])
+    assert served is not None and served["jobs"] == 6 and served["stages_served"] == 5
+    for session in sessions:
+        session.cleanup()
+    wait_for(lambda: not alive(int(served["pid"])), timeout=10,
+             what="the agent to exit after the six cleanups")
+
+
 class LoneAgent:
     """An agent started by `agent.start` as `config` does, with no cluster behind it: a
     stage writes its job's TMPDIR and nonce to its stdout and exits 5; a stage named
@@ -531,8 +561,10 @@ def lone_agent(tmp_path: Path) -> Iterator[LoneAgent]:
     stamp = str(lone.stamp)
     from runner_driver import settings
 
-    assert agent.start(lone.path, lone.execute, 60, first["TMPDIR"],
-                       lambda: settings.stamp([stamp]))
+    claim = agent_client.claim(lone.path)
+    assert claim is not None
+    agent.start(claim, lone.execute, 60, first["TMPDIR"], lambda: settings.stamp([stamp]),
+                os.getpid())
     found = agent_client.stats_for(lone.environ, None)
     assert found is not None
     try:

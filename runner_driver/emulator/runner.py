@@ -178,6 +178,8 @@ def bash_script(body: str) -> str:
 _RUSAGE_PARENT = """
 import os, signal, sys
 report = int(sys.argv[1])
+# The driver's agent follows the runner: name it, since we stand in between.
+os.environ["RUNNER_DRIVER_RUNNER_PID"] = str(os.getppid())
 pid = os.fork()
 if pid == 0:
     os.close(report)
