@@ -153,7 +153,15 @@ class _Agent:
         listening = self.listener.fileno()
         watched = [listening] if self.runner < 0 else [listening, self.runner]
         while not self._done():
-            ready, _, _ = select.select(watched, [], [], TICK_SECONDS)
+            if self.stopping and listening in watched:
+                # Only this thread closes the listener: it is the one selecting on it.
+                self.listener.close()
+                watched.remove(listening)
+            if watched:
+                ready, _, _ = select.select(watched, [], [], TICK_SECONDS)
+            else:
+                time.sleep(TICK_SECONDS)
+                ready = []
             if self.runner in ready:
                 self._runner_gone()
                 return
@@ -254,9 +262,10 @@ class _Agent:
             return "the agent is stopping"
         if not self.current():
             # The operator changed the settings or credentials: finish what runs, and
-            # let the next stage start an agent that reads the new ones.
+            # let the next stage start an agent that reads the new ones (the socket's
+            # name is free for it at once; the listener closes at the next tick).
             self.stopping = True
-            self._close()
+            remove_socket(self.path, self.inode)
             return "the driver's settings changed"
         return ""
 

@@ -8,7 +8,6 @@ in the same container (`Bench.floor`).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import tempfile
@@ -527,14 +526,16 @@ def driver_processes(driver: list[str]) -> dict[int, int]:
 
 
 def footprint(bench: Bench, jobs: int, hold_seconds: float = 6.0) -> Item:
-    """`jobs` jobs prepared, then all in a build_script at once: the summed PSS of every
-    driver process, sampled while they run, and the driver processes left afterwards.
+    """`jobs` jobs started at once, then all in a build_script at once: the summed PSS of
+    every driver process, sampled from the first config to the last cleanup (so the
+    start, when every job's stages begin together, counts too), and the driver
+    processes left afterwards.
 
     PSS shares each page among the processes that map it, so the sum is what the
     runner's host really spends on the driver, however the work is split into processes.
     """
     item = Item(f"8. footprint at {jobs} concurrent jobs (summed PSS of driver processes)")
-    ready = threading.Barrier(jobs + 1)
+    ready = threading.Barrier(jobs)
     outcomes: list[BaseException | None] = [None] * jobs
     finished = threading.Event()
     remaining = [jobs]
@@ -557,11 +558,9 @@ def footprint(bench: Bench, jobs: int, hold_seconds: float = 6.0) -> Item:
 
     threads = [threading.Thread(target=one, args=(i, bench.job_id()), daemon=True)
                for i in range(jobs)]
+    samples: list[dict[str, Any]] = []
     for thread in threads:
         thread.start()
-    with contextlib.suppress(threading.BrokenBarrierError):  # a job failed: said below
-        ready.wait(timeout=600)
-    samples: list[dict[str, Any]] = []
     while not finished.wait(0.25):
         found = driver_processes(bench.driver)
         samples.append({"at": time.monotonic(), "processes": len(found),
