@@ -297,9 +297,11 @@ class _Agent:
                 with cancel.entered(scope):
                     code = self.execute(request.stage, arguments, io)
             finally:
+                # Closed, not only flushed: output a failed flush kept must never reach
+                # the descriptor's next owner when the stream is collected later.
                 for stream in (io.out, io.err):
                     with contextlib.suppress(OSError, ValueError):
-                        stream.flush()
+                        stream.close()
             with contextlib.suppress(OSError):
                 send(conn, Exited(code))
         finally:

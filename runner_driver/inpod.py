@@ -48,7 +48,7 @@ NOT_OURS = ("this pod belongs to another job: its nonce does not match the one m
 # `run`: start a stage script detached from the exec, then follow its output.
 # $1 is the script's size in bytes, sent on stdin ("-" when only following), $2 the
 # stage id, $3 the byte offset of the output already received, $4 the supervisor, $5
-# the job's nonce.
+# the job's nonce, $6 the container's name (the key of its remembered shell; optional).
 # The script is read in full (stdin is never closed: v4 exec cannot) and kept only in
 # an unlinked file on the memory volume. `mkdir` of the claim directory is atomic, so
 # a stage starts at most once however often the driver reconnects. The supervisor runs
@@ -71,7 +71,7 @@ sup=$run/$id.sup
 {RUNNING}
 {OURS}
 if ! ours "$5"; then echo "runner-driver-stage: error {NOT_OURS}" >&2; exit 3; fi
-mkdir -p "$run" {LOG_DIR} || exit 5
+[ -d "$run" ] && [ -d {LOG_DIR} ] || mkdir -p "$run" {LOG_DIR} || exit 5
 if [ "$n" != - ]; then
   script=$run/$id.sh.$$
   if ! (umask 077 && head -c "$n" > "$script"); then
@@ -94,12 +94,17 @@ if [ "$n" != - ]; then
     : > "$log"
     exec 4< "$script"
     rm -f "$script"
-    shell=/busybox/sh
-    for candidate in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/bin/sh /bin/sh; do
-      if [ -x "$candidate" ] && "$candidate" -c : </dev/null >/dev/null 2>&1; then
-        shell=$candidate; break
-      fi
-    done
+    shell=; cache=${{6:+$run/shell-$6}}
+    if [ -n "$cache" ] && [ -r "$cache" ]; then read -r shell < "$cache" || shell=; fi
+    if [ -z "$shell" ] || [ ! -x "$shell" ]; then
+      shell=/busybox/sh
+      for candidate in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/bin/sh /bin/sh; do
+        if [ -x "$candidate" ] && "$candidate" -c : </dev/null >/dev/null 2>&1; then
+          shell=$candidate; break
+        fi
+      done
+      if [ -n "$cache" ]; then echo "$shell" > "$cache"; fi
+    fi
     if command -v setsid >/dev/null 2>&1; then
       setsid sh -c "$4" runner-driver-supervise "$id" "$shell" </dev/null >>"$log" 2>&1 &
     else
@@ -132,7 +137,7 @@ while :; do
   if [ -e "$status" ]; then finished=1; else finished=0; fi
   cat <&3 || exit 6
   if [ "$finished" = 1 ]; then
-    echo "runner-driver-stage: exit $(cat "$status")" >&2; exit 0
+    read -r rc < "$status"; echo "runner-driver-stage: exit $rc" >&2; exit 0
   fi
   ticks=$((ticks + 1))
   if [ "$ticks" -le 5 ]; then sleep 0.002
@@ -191,17 +196,19 @@ exit 0
 """
 
 
-def launcher_argv(script_size: int | None, stage_id: str, offset: int, nonce: str
-                  ) -> list[str]:
+def launcher_argv(script_size: int | None, stage_id: str, offset: int, nonce: str,
+                  container: str = "") -> list[str]:
     """Exec argv that starts (once) and follows the stage `stage_id` from byte `offset`.
 
     `script_size` is the size of the script sent on stdin; None only follows a stage
     an earlier connection started. The launcher refuses a pod whose nonce is not
-    `nonce`. (The nonce is no secret: it is on the pod's label.)
+    `nonce`. (The nonce is no secret: it is on the pod's label.) With `container`, the
+    shell it finds there is remembered for the container's later stages: probing runs
+    a shell, a few milliseconds per stage in a dynamically linked userland.
     """
     size = "-" if script_size is None else str(script_size)
     return ["sh", "-c", STAGE_LAUNCHER, "runner-driver-stage", size, stage_id, str(offset),
-            STAGE_SUPERVISOR, nonce]
+            STAGE_SUPERVISOR, nonce, *([container] if container else [])]
 
 
 def stopper_argv(stage_id: str, nonce: str, grace_tenths: int = 20) -> list[str]:

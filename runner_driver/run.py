@@ -134,7 +134,7 @@ def _follow(cluster: Cluster, pod: str, container: str, stage_id: str, script: b
         control = StageControl()
         before = output.offset
         argv = launcher_argv(None if started else len(script), stage_id, output.offset,
-                             nonce)
+                             nonce, container)
         failure: ClusterError | None = None
         status = b""
         try:

@@ -372,6 +372,23 @@ def test_launcher_runs_the_stage_in_the_jobs_own_pod(
 
 
 @pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_launcher_remembers_the_containers_shell_and_probes_again_if_it_is_gone(
+        shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
+    """With a container name, the shell found for a stage is kept for the next ones; a
+    remembered shell that no longer exists is found anew."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, NONCE)
+    script = b'echo "$0"\n'
+    first = pod.run(launcher_argv(len(script), "build-script-1", 0, NONCE, "build"), script)
+    remembered = pod.driver_dir / "run" / "shell-build"
+    found = remembered.read_text().strip()
+    assert first.stdout.decode().strip() == found and found.endswith("sh")
+    remembered.write_text("/nonexistent/bash\n")
+    again = pod.run(launcher_argv(len(script), "build-script-2", 0, NONCE, "build"), script)
+    assert again.stdout.decode().strip() == found
+    assert remembered.read_text().strip() == found
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
 def test_launcher_shows_a_stages_output_only_to_its_own_job(
         shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
     """Following a finished stage with another job's nonce is refused; with ours it replays."""
