@@ -7,7 +7,7 @@ exception would wrongly mean "script failed". That mapping happens here and nowh
 else. This module does no work of its own. The emulator commands (`local-cluster`,
 `demo`) import the emulator lazily, so the driver's stages never load it.
 
-Stages first offer their work to the job's agent (`agent_client`); only this module's
+Stages first offer their work to the runner's agent (`agent_client`); only this module's
 light imports run before that, so a stage the agent takes never loads the Kubernetes
 client, structlog or the emulator (a test pins that).
 """

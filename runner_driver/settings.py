@@ -99,7 +99,7 @@ class LoggingSettings:
 
 @dataclass(frozen=True)
 class AgentSettings:
-    """The per-job agent that keeps the Kubernetes client loaded between stages."""
+    """The runner's agent that keeps the Kubernetes client loaded for every job's stages."""
 
     enabled: bool = True
     idle_timeout_seconds: float = 600.0

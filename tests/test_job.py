@@ -130,7 +130,7 @@ def test_cancel_mid_stage_stops_the_script_and_leaves_no_pod(
 def test_cancel_before_user_steps_stops_the_job(runner: Any, core: client.CoreV1Api) -> None:
     """A cancel during prepare_script ends the job: no more stages, only cleanup."""
     job = Job(job_id=next_job_id())
-    # At once: with the job's agent, prepare_script is over in tens of milliseconds.
+    # At once: with the runner's agent, prepare_script is over in tens of milliseconds.
     result = runner.run_job(job, cancel=Cancel("prepare_script", 0.0))
     assert result.status == "canceled"
     assert result.stages[-2:] == ["prepare_script", "cleanup"]

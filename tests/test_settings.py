@@ -334,7 +334,7 @@ ERRORS = [
     pytest.param("[pod]\nunschedulable_timeout_seconds = true\n",
                  "pod.unschedulable_timeout_seconds", "expected a number, got a boolean",
                  id="bool-for-unschedulable-timeout"),
-    # the per-job agent
+    # the runner's agent
     pytest.param("[agent]\nidle_timeout_seconds = 0\n",
                  "agent.idle_timeout_seconds", "must be greater than 0",
                  id="zero-agent-idle-timeout"),

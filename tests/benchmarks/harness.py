@@ -5,7 +5,7 @@ comparisons in one place: the floor of a stage is its script run directly in the
 container by `EmulatedCluster.run_in_sandbox` (the exec's own spawn path, no API in
 between), and the raw baseline of log throughput is a plain websocket exec from the same
 emulator. The driver's CPU is the stage process's own (from the runner emulator's
-`os.wait4`) plus what the job's agent spent meanwhile, when the driver has an agent.
+`os.wait4`) plus what the runner's agent spent meanwhile, when the driver has an agent.
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ class Bench:
         return self.shells[container]
 
     def agent_stats(self, environ: Mapping[str, str]) -> dict[str, Any] | None:
-        """The job's agent's stats, or None when there is no agent."""
+        """The runner's agent's stats, or None when there is no agent."""
         if self.stats_for is None:
             return None
         return self.stats_for(environ, self.config)
