@@ -147,7 +147,8 @@ class _Agent:
         self.stopping = False
 
     def serve(self) -> None:
-        # Keep the collector off the pages every thread shares.
+        # The loaded client is never garbage: keep the collector from scanning it again
+        # at every collection the stages' threads cause.
         gc.collect()
         gc.freeze()
         listening = self.listener.fileno()
@@ -176,7 +177,7 @@ class _Agent:
             for job, seen in list(self.jobs.items()):  # a job whose cleanup never came
                 if now - seen > self.idle_timeout:
                     del self.jobs[job]
-            if self.running or self.connections:
+            if self.connections:  # (every running stage holds its connection)
                 return False
             return (self.stopping or not self.jobs or not self._socket_is_ours()
                     or now - self.active > self.idle_timeout)
@@ -234,9 +235,12 @@ class _Agent:
             if isinstance(request, StatsRequest):
                 send(conn, self._stats())
                 return
-            refusal = self._refusal(request, fds)
-            if refusal or not isinstance(request, StageRequest):
-                send(conn, Refused(refusal or "unknown request"))
+            if not isinstance(request, StageRequest):
+                send(conn, Refused("unknown request"))
+                return
+            refusal = self._refusal(fds)
+            if refusal:
+                send(conn, Refused(refusal))
                 return
             self._run(conn, reader, request, fds)
         except (OSError, ValueError):
@@ -253,9 +257,7 @@ class _Agent:
                 self.connections -= 1
                 self.active = time.monotonic()
 
-    def _refusal(self, request: object, fds: list[int]) -> str:
-        if not isinstance(request, StageRequest):
-            return "unknown request"
+    def _refusal(self, fds: list[int]) -> str:
         if len(fds) != 2:
             return "malformed request"
         if self.stopping:

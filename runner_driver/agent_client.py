@@ -144,17 +144,27 @@ def remove_socket(path: str, inode: int) -> None:
     remove the socket a new claim bound in between.
     """
     try:
-        lock = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        lock = _lock(os.path.dirname(path))
     except OSError:
         return
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
         if os.stat(path).st_ino == inode:
             os.unlink(path)
     except OSError:
         pass
     finally:
+        os.close(lock)  # and with it the flock
+
+
+def _lock(directory: str) -> int:
+    """The directory, opened and flocked: claims and removals of its sockets take turns."""
+    lock = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    except OSError:
         os.close(lock)
+        raise
+    return lock
 
 
 def claim(path: str) -> Claim | None:
@@ -177,8 +187,7 @@ def claim(path: str) -> Claim | None:
     listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     lock = -1
     try:
-        lock = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock = _lock(directory)
         alive = connect(path)
         if alive is not None:
             alive.close()

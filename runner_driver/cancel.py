@@ -1,4 +1,4 @@
-"""One home for cancellation: SIGTERM, time limits, and the sections that must finish.
+"""One home for cancellation: SIGTERM, and the sections that must finish.
 
 gitlab-runner cancels a stage by sending SIGTERM to its process group; a stage the agent
 runs is canceled by its client (which got that SIGTERM, or died). A canceled stage must
@@ -12,12 +12,11 @@ has one `Scope` here, and everything else asks it:
   the waits it is blocked in are broken by the `interrupting` callbacks it registered.
 - `shielded(seconds)` runs a section that a cancel does not interrupt, for at most
   `seconds` after both the cancel and the section's start, then raises `Canceled`.
-- `time_limit(seconds)` raises `TimeoutError` in a main-thread block that runs too long.
 
 Signals and the one ITIMER_REAL belong to the main thread, so only it gets the
-immediate raise and the timers; threads rely on the checks and on their callers'
-timeouts. This module must not know what a stage does: it only decides when `Canceled`
-and `TimeoutError` are raised.
+immediate raise and the timers (one per open shield, on that one timer); threads rely
+on the checks and on their callers' timeouts. This module must not know what a stage
+does: it only decides when `Canceled` is raised.
 """
 
 from __future__ import annotations
@@ -121,12 +120,13 @@ class Scope:
             self._expire(key, max(started, self.canceled_at or 0.0) + seconds)
 
     def check(self) -> None:
-        """Raise Canceled if the stage was canceled and no shield holds it (any more)."""
+        """Raise Canceled if the stage was canceled outside a shield, or past the time of
+        an open one (as its timer does in a main thread)."""
         if self.canceled_at is None:
             return
         now = time.monotonic()
-        if all(max(started, self.canceled_at) + seconds <= now
-               for started, seconds in self.shields.values()):
+        if not self.shields or any(max(started, self.canceled_at) + seconds <= now
+                                   for started, seconds in self.shields.values()):
             raise Canceled(REASON)
 
     def sleep(self, seconds: float) -> None:
@@ -181,11 +181,6 @@ def entered(scope: Scope) -> Iterator[Scope]:
         yield scope
     finally:
         _current.reset(token)
-
-
-def canceled() -> bool:
-    """Whether this stage was canceled."""
-    return current().canceled_at is not None
 
 
 def check() -> None:
@@ -243,18 +238,3 @@ def shielded(seconds: float) -> Iterator[None]:
         timer = scope.expiry.pop(key, None)
         if timer is not None:
             scope.timers.remove(timer)
-
-
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise TimeoutError in the block after `seconds` (main thread only; else unbounded)."""
-    scope = current()
-    if not scope.main or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    timer = scope.timers.add(time.monotonic() + seconds,
-                             lambda: TimeoutError(f"no answer within {seconds:g}s"))
-    try:
-        yield
-    finally:
-        scope.timers.remove(timer)

@@ -62,7 +62,7 @@ def test_a_shielded_block_that_ends_in_time_is_not_canceled() -> None:
         with cancel.shielded(2.0):
             busy(0.8)
             say("finished")
-        say(f"after canceled={cancel.canceled()}")
+        say(f"after canceled={cancel.current().canceled_at is not None}")
         """) == [("finished", at(0.8)), ("after canceled=True", at(0.8))]
 
 
@@ -107,31 +107,53 @@ def test_a_second_sigterm_is_ignored() -> None:
         """) == [("stopping undisturbed", at(0.5))]
 
 
-def test_a_time_limit_inside_a_shield_keeps_both_deadlines() -> None:
-    """One ITIMER_REAL serves both: the limit fires first, the shield's cut still follows."""
+def test_nested_shields_share_the_one_timer_and_the_tighter_cuts_first() -> None:
+    """One ITIMER_REAL serves both: the inner shield's cut comes first, the outer's follows."""
     assert run("""
         term(0.1)
         try:
             with cancel.shielded(1.0):
                 try:
-                    with cancel.time_limit(0.3):
+                    with cancel.shielded(0.3):
                         busy(5)
-                except TimeoutError:
-                    say("limit")
+                except Canceled:
+                    say("inner cut")
                 busy(5)
         except Canceled:
-            say("cut")
-        """) == [("limit", at(0.3)), ("cut", at(1.1))]
+            say("outer cut")
+        """) == [("inner cut", at(0.4)), ("outer cut", at(1.1))]
 
 
-def test_a_block_within_its_time_limit_leaves_no_timer_behind() -> None:
-    """A limit the block met is disarmed: nothing fires later."""
+def test_a_shield_left_in_time_leaves_no_timer_behind() -> None:
+    """A shield the block left before its cut is disarmed: nothing fires later."""
     assert run("""
-        with cancel.time_limit(0.3):
-            busy(0.1)
+        term(0.1)
+        with cancel.shielded(0.5):
+            busy(0.2)
         busy(0.6)
         say(f"timer={signal.getitimer(signal.ITIMER_REAL)[0]}")
-        """) == [("timer=0.0", at(0.7))]
+        """) == [("timer=0.0", at(0.8))]
+
+
+def test_a_thread_scope_is_cut_at_its_tighter_shield_as_the_main_thread_is() -> None:
+    """In an agent's stage thread, a check past an open inner shield's time raises, even
+    while an outer shield still has time."""
+    assert run("""
+        scope = cancel.Scope()
+        def work():
+            with cancel.entered(scope):
+                try:
+                    with cancel.shielded(1.0), cancel.shielded(0.3):
+                        while True:
+                            cancel.sleep(0.02)
+                except Canceled:
+                    say("cut")
+        thread = threading.Thread(target=work)
+        thread.start()
+        time.sleep(0.1)
+        scope.cancel()
+        thread.join()
+        """) == [("cut", at(0.4))]
 
 
 def test_uninstall_ignores_sigterm_and_disarms_the_timers() -> None:
@@ -148,11 +170,11 @@ def test_uninstall_ignores_sigterm_and_disarms_the_timers() -> None:
         """) == [("alive timer=0.0", at(0.6))]
 
 
-def test_outside_the_main_thread_shields_and_limits_are_plain_blocks() -> None:
-    """Signals reach only the main thread: elsewhere the callers' own timeouts bound them."""
+def test_outside_the_main_thread_a_shield_is_a_plain_block() -> None:
+    """Signals reach only the main thread: elsewhere the callers' own timeouts bound it."""
     assert run("""
         def work():
-            with cancel.shielded(0.1), cancel.time_limit(0.1):
+            with cancel.shielded(0.1):
                 busy(0.3)
             say("thread done")
         thread = threading.Thread(target=work)
