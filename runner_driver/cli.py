@@ -91,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--all-managers", action="store_true",
                     help="also collect objects of other runner managers sharing the "
                          "namespace (default: only this manager's, by [manager] id)")
+    commands.add_parser(
+        "render", help="print the job pod's manifests as YAML, offline",
+        description="Build the objects `prepare` would create, with the settings, the pod "
+                    "template and patch, for the job that the CUSTOM_ENV_* variables and "
+                    "JOB_RESPONSE_FILE describe (as gitlab-runner sets them), or for a "
+                    "sample job when JOB_RESPONSE_FILE is not set; print them as YAML. No "
+                    "cluster is needed, and no secret value is printed.")
     local = commands.add_parser(
         "local-cluster", help="serve an emulated Kubernetes cluster on 127.0.0.1",
         description="Serve the embedded emulated cluster in the foreground and write a "
@@ -128,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stage(args.command, args.config, arguments)
     if args.command == "gc":
         return _gc(args)
+    if args.command == "render":
+        return _render(args)
     return _emulator_command(args)
 
 
@@ -314,7 +323,7 @@ def _leave_agent(wiring: Wiring, agent_spec: str | None, io: StageIO,
                         "directory is not private to this user",
                         directory=agent_client.agent_directory(io.environ))
         return
-    watched = [wiring.settings.source, io.environ.get("KUBECONFIG", "")]
+    watched = [*wiring.settings.watched_files(), io.environ.get("KUBECONFIG", "")]
 
     def serve(stage: str, arguments: dict[str, Any], stage_io: StageIO) -> int:
         def served() -> Wiring:
@@ -353,6 +362,24 @@ def _gc(args: argparse.Namespace) -> int:
         _fail(sys.stderr, "gc", str(error))
         return 1
     return 1 if failures else 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    """`render` is an operator's command: YAML on stdout, plain exit codes (0, 1)."""
+    from pathlib import Path
+
+    from . import settings
+    from .render import render
+
+    try:
+        loaded = settings.resolve_manager(
+            settings.load_from(Path(args.config) if args.config else None))
+        text = render(loaded, os.environ)
+    except DriverError as error:
+        _fail(sys.stderr, "render", str(error))
+        return 1
+    sys.stdout.write(text)
+    return 0
 
 
 def _fail(err: TextIO, stage: str, message: str) -> None:

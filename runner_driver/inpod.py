@@ -19,7 +19,9 @@ RUN_DIR = f"{DRIVER_DIR}/run"
 # (a shell as PID 1 ignores SIGTERM unless it traps it, which would make every pod
 # deletion wait out the whole grace period).
 _IDLE = "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"
-BUILD_ENTRYPOINT = ("/busybox/sh", "-c", _IDLE)
+# The build container runs as root; the helper may not (helper.run_as_user): the run
+# directory both containers' launchers write is made writable for both at start.
+BUILD_ENTRYPOINT = ("/busybox/sh", "-c", f"mkdir -p {RUN_DIR} && chmod 777 {RUN_DIR}\n{_IDLE}")
 # The cache and artifact stages call `gitlab-runner` by that exact name, and the
 # official helper image ships only `gitlab-runner-helper`: give it the other name.
 HELPER_ENTRYPOINT = ("/bin/sh", "-c", f"""mkdir -p {BIN_DIR}

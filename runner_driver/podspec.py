@@ -2,9 +2,36 @@
 
 This is the most tested code of the driver. Everything a platform team cares about in
 the pod (what runs, as whom, with which privileges, for how long, under which name)
-is decided here and only here, so it can be checked as a plain manifest and, later,
-rendered offline. It must never put job data that may hold secrets (script contents,
-variable values) into the manifest: only ids, names and image references.
+is decided here and only here, so it can be checked as a plain manifest and rendered
+offline (`runner-driver render`). It must never put job data that may hold secrets
+(script contents, variable values) into the manifest: only ids, names, image
+references and the overrides the operator allowed.
+
+The pod is built in layers, each a pure function of the pod so far, always in this
+order; a later layer wins over an earlier one:
+
+1. defaults (the driver, from the settings): the whole pod, hardened (`_defaults`).
+2. template (the operator's `[pod] template` file): any field but the driver's own;
+   merged as Kubernetes' strategic merge does (`podmerge`). Refused: ConfigError.
+3. overrides (the job's KUBERNETES_* variables, within `[overrides]` caps): resources,
+   nodeSelector, labels, annotations, serviceAccountName (`overrides`). Refused:
+   JobFailed, naming the variable.
+4. invariants (the driver): its own fields set again.
+5. patch (the operator's `[pod] patch` JSON Patch): any field but the driver's own.
+   Refused: ConfigError naming the patch file.
+6. checks (the driver): its own fields are intact, and nothing goes beyond the Pod
+   Security Standards' baseline (`podsecurity`). Refused: ConfigError naming the path.
+
+The driver's own fields (`_owned`), which neither the template nor the patch may
+change: the pod's name, namespace and the driver's labels; restartPolicy,
+automountServiceAccountToken (false), activeDeadlineSeconds; exactly the containers
+`build` and `helper` with their image, command and args; the env variables the
+in-pod programs read (RUNNER_DRIVER_NONCE, TMPDIR, the helper's PATH and HOME, the
+build's `container`); the mounts of builds_dir, cache_dir, scratch_dir and the
+driver's two volumes; the driver's two volumes themselves. The template may give the
+builds, cache and scratch volumes another source (a persistentVolumeClaim for the
+cache, say). Layers that later issues add (registry credentials, CA bundles,
+proxies) go between overrides and invariants.
 """
 
 from __future__ import annotations
@@ -13,14 +40,15 @@ import copy
 import fnmatch
 import hashlib
 import re
+from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from . import __version__, overrides, podmerge, podsecurity
 from .errors import ConfigError, JobFailed
 from .inpod import BIN_DIR, BUILD_ENTRYPOINT, DRIVER_DIR, HELPER_ENTRYPOINT, LOG_DIR
 from .jobrecord import valid_nonce
 from .runner_env import JobContext
-from .settings import ContainerResources, Settings
+from .settings import ContainerResources, Settings, resolve
 
 MANAGED_BY = "runner-driver"
 LABEL_PREFIX = "runner-driver"
@@ -40,6 +68,14 @@ BUILD = "build"
 # in front (an env PATH replaces the image's own).
 HELPER_PATH = f"{BIN_DIR}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NAME_MAX = 63  # a pod's hostname is its name, and hostnames are DNS labels
+# What kaniko needs of the runtime's default capabilities (kaniko-and-exec.md, part A:
+# CHOWN, DAC_OVERRIDE, FOWNER, SETUID, SETGID hard requirements; KILL, SETFCAP, FSETID,
+# MKNOD for some builds). Left out: NET_RAW, NET_BIND_SERVICE, AUDIT_WRITE.
+BUILD_CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                      "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT")
+# Volumes the driver defines whole; the template may re-source the other three.
+DRIVER_VOLUMES = ("driver", "driver-logs")
+STAGE_VOLUMES = ("builds", "cache", "scratch")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 
 
@@ -147,11 +183,13 @@ def build_image(settings: Settings, job: JobContext) -> str:
 def resources(container: ContainerResources) -> dict[str, dict[str, str]]:
     """A container's resources block from its settings; empty values are left out."""
     found: dict[str, dict[str, str]] = {}
-    for kind, cpu, memory in (("requests", container.cpu_request, container.memory_request),
-                              ("limits", container.cpu_limit, container.memory_limit)):
-        values = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v}
+    for kind in ("request", "limit"):
+        values = {name: getattr(container, f"{key}_{kind}")
+                  for name, key in (("cpu", "cpu"), ("memory", "memory"),
+                                    ("ephemeral-storage", "ephemeral_storage"))}
+        values = {k: v for k, v in values.items() if v}
         if values:
-            found[kind] = values
+            found[f"{kind}s"] = values
     return found
 
 
@@ -168,25 +206,49 @@ def active_deadline_seconds(settings: Settings, job: JobContext) -> int:
     return job_timeout_seconds(settings, job) + settings.pod.deadline_margin_seconds
 
 
+@dataclass(frozen=True)
+class PodPlan:
+    """The job's pod as the layers built it, and what the job log should say about it."""
+
+    pod: dict[str, Any]
+    notes: tuple[str, ...] = ()
+
+
 def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
-    """The manifest of the job's pod.
+    """The manifest of the job's pod (see `plan`)."""
+    return plan(settings, job).pod
+
+
+def plan(settings: Settings, job: JobContext) -> PodPlan:
+    """The job's pod, built layer by layer (see the table above), with its notes.
 
     Raises:
-        ConfigError: the job has no well-formed nonce.
-        JobFailed: see `build_image`.
+        ConfigError: the job has no well-formed nonce; the template or patch changes a
+            field the driver owns or breaks the baseline (naming the file and path).
+        JobFailed: see `build_image` and `overrides.apply`.
     """
     if not valid_nonce(job.nonce):
         # Without it the pod could not tell its own stages from another job's; a
         # malformed one would be rewritten as a label value and match no stage.
         raise ConfigError("building the job's pod: the job has no well-formed nonce "
                           "(prepare mints one when config did not)")
+    reference = _defaults(settings, job)
+    pod = copy.deepcopy(reference)
+    if settings.pod_template is not None:
+        pod = template_layer(pod, settings, reference)
+    applied = overrides.apply(pod, settings, job.pod_requests, job.secrets)
+    pod = applied.pod
+    _owned(pod, reference, fix=True)
+    if settings.pod_patch is not None:
+        pod = patch_layer(pod, settings, reference)
+    check(pod, settings, reference)
+    return PodPlan(pod, applied.notes)
+
+
+def _defaults(settings: Settings, job: JobContext) -> dict[str, Any]:
+    """Layer 1: the whole pod as the settings alone describe it, hardened."""
     pod = settings.pod
     image = build_image(settings, job)
-    security = {
-        "privileged": False,
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["NET_RAW"]},
-    }
     mounts = [
         {"name": "builds", "mountPath": pod.builds_dir},
         {"name": "cache", "mountPath": pod.cache_dir},
@@ -194,15 +256,25 @@ def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
         {"name": "driver", "mountPath": DRIVER_DIR},
         {"name": "driver-logs", "mountPath": LOG_DIR},
     ]
+    helper_security: dict[str, Any] = {
+        "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    helper_env = [{"name": "PATH", "value": HELPER_PATH},
+                  {"name": "TMPDIR", "value": pod.scratch_dir},
+                  copy.deepcopy(NONCE_ENV)]
+    if settings.helper.run_as_user:
+        helper_security |= {"runAsUser": settings.helper.run_as_user, "runAsNonRoot": True}
+        # A user the image does not know gets HOME=/, which it cannot write (git config).
+        helper_env.append({"name": "HOME", "value": pod.scratch_dir})
     helper = {
         "name": HELPER,
         "image": settings.helper.image,
         "command": list(HELPER_ENTRYPOINT),
-        "env": [{"name": "PATH", "value": HELPER_PATH},
-                {"name": "TMPDIR", "value": pod.scratch_dir},
-                copy.deepcopy(NONCE_ENV)],
+        "env": helper_env,
         "resources": resources(settings.helper),
-        "securityContext": copy.deepcopy(security),
+        "securityContext": helper_security,
         "volumeMounts": copy.deepcopy(mounts),
     }
     build = {
@@ -215,7 +287,10 @@ def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
                 {"name": "TMPDIR", "value": pod.scratch_dir},
                 copy.deepcopy(NONCE_ENV)],
         "resources": resources(settings.build),
-        "securityContext": copy.deepcopy(security),
+        # kaniko runs as root and unpacks images (kaniko-and-exec.md, part A).
+        "securityContext": {"privileged": False, "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"],
+                                             "add": list(BUILD_CAPABILITIES)}},
         "volumeMounts": copy.deepcopy(mounts),
     }
     return {
@@ -234,12 +309,154 @@ def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
             "activeDeadlineSeconds": active_deadline_seconds(settings, job),
             "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
             "volumes": [
-                {"name": "builds", "emptyDir": {}},
-                {"name": "cache", "emptyDir": {}},
-                {"name": "scratch", "emptyDir": {}},
+                {"name": "builds", "emptyDir": {"sizeLimit": pod.builds_size_limit}},
+                {"name": "cache", "emptyDir": {"sizeLimit": pod.cache_size_limit}},
+                {"name": "scratch", "emptyDir": {"sizeLimit": pod.scratch_size_limit}},
                 {"name": "driver", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-                {"name": "driver-logs", "emptyDir": {}},
+                {"name": "driver-logs", "emptyDir": {"sizeLimit": pod.logs_size_limit}},
             ],
             "containers": [helper, build],
         },
     }
+
+
+_TEMPLATE_TOP = ("apiVersion", "kind", "metadata", "spec")
+_TEMPLATE_METADATA = ("labels", "annotations")
+
+
+def template_layer(pod: dict[str, Any], settings: Settings,
+                   reference: dict[str, Any]) -> dict[str, Any]:
+    """Layer 2: the operator's partial Pod merged in (see `podmerge.strategic_merge`)."""
+    template = settings.pod_template or {}
+    where = f"pod.template {resolve(settings, settings.pod.template)}"
+    for key in template:
+        if key not in _TEMPLATE_TOP:
+            raise ConfigError(f"{where}: {key}: not part of a pod template (only "
+                              f"{', '.join(_TEMPLATE_TOP)})")
+    if template.get("apiVersion", "v1") != "v1" or template.get("kind", "Pod") != "Pod":
+        raise ConfigError(f"{where}: apiVersion/kind: a pod template is apiVersion v1, "
+                          f"kind Pod; got {template.get('apiVersion')}/{template.get('kind')}")
+    for section in ("metadata", "spec"):
+        if not isinstance(template.get(section, {}), dict):
+            raise ConfigError(f"{where}: {section}: expected a mapping")
+    for key in template.get("metadata", {}):
+        if key not in _TEMPLATE_METADATA:
+            raise ConfigError(f"{where}: metadata.{key}: set by the driver or Kubernetes; a "
+                              f"template may set only {', '.join(_TEMPLATE_METADATA)}")
+    partial = {k: v for k, v in template.items() if k in ("metadata", "spec")}
+    merged = podmerge.strategic_merge(pod, partial, where)
+    _refuse_owned(merged, reference, where, "sets")
+    return merged
+
+
+def patch_layer(pod: dict[str, Any], settings: Settings,
+                reference: dict[str, Any]) -> dict[str, Any]:
+    """Layer 5: the operator's JSON Patch, which may not touch the driver's own fields."""
+    where = f"pod.patch {resolve(settings, settings.pod.patch)}"
+    patched = podmerge.json_patch(pod, list(settings.pod_patch or ()), where)
+    _refuse_owned(patched, reference, where, "changes")
+    return patched
+
+
+def check(pod: dict[str, Any], settings: Settings, reference: dict[str, Any]) -> None:
+    """Layer 6: the driver's own fields are intact and the pod stays within baseline.
+
+    Raises:
+        ConfigError: naming the offending field's path and what to do.
+    """
+    changed = _owned(pod, reference, fix=False)
+    if changed:
+        raise ConfigError(f"building the job's pod: {changed[0]}: changed by a layer; it "
+                          "belongs to the driver")
+    for container in pod["spec"]["containers"]:
+        clash = overrides.request_above_limit(container)
+        if clash:
+            raise ConfigError(f"building the job's pod: spec.containers[{container['name']}]"
+                              f".resources: {clash} (from the [{container['name']}] settings, "
+                              "the pod template or the patch)")
+    found = podsecurity.violations(pod, settings.security.exceptions)
+    if found:
+        control, path, what = found[0]
+        source = " and ".join(f"pod.{k} {resolve(settings, getattr(settings.pod, k))}"
+                              for k in ("template", "patch") if getattr(settings.pod, k))
+        raise ConfigError(
+            f"refusing the job pod: {path} {what}, beyond the Pod Security Standards' "
+            f"baseline level{f' (from {source})' if source else ''}; remove it, or allow "
+            f"it knowingly with security.exceptions = [\"{control}\"]"
+            + (f" ({len(found) - 1} more)" if len(found) > 1 else ""))
+
+
+def _refuse_owned(pod: dict[str, Any], reference: dict[str, Any], where: str,
+                  verb: str) -> None:
+    changed = _owned(pod, reference, fix=False)
+    if changed:
+        raise ConfigError(f"{where}: {verb} {changed[0]}, which the driver sets itself "
+                          "(see the pod layers in the README); remove it"
+                          + (f" ({len(changed) - 1} more)" if len(changed) > 1 else ""))
+
+
+_OWNED_SPEC = ("restartPolicy", "automountServiceAccountToken", "activeDeadlineSeconds")
+_OWNED_CONTAINER = ("image", "command", "args")
+
+
+def _owned(pod: dict[str, Any], reference: dict[str, Any], fix: bool) -> list[str]:
+    """Paths of the driver's own fields that differ from `reference` (set back if `fix`)."""
+    changed: list[str] = []
+
+    def same(path: str, target: dict[str, Any], key: str, source: dict[str, Any]) -> None:
+        if target.get(key) == source.get(key):
+            return
+        changed.append(path)
+        if fix:
+            if key in source:
+                target[key] = copy.deepcopy(source[key])
+            else:
+                target.pop(key, None)
+
+    meta, wanted_meta = pod.setdefault("metadata", {}), reference["metadata"]
+    for key in ("name", "namespace", "generateName"):
+        same(f"metadata.{key}", meta, key, wanted_meta)
+    pod_labels = meta.setdefault("labels", {})
+    for key in wanted_meta["labels"]:
+        same(f"metadata.labels[{key}]", pod_labels, key, wanted_meta["labels"])
+    for key in list(pod_labels):
+        if key.startswith(f"{LABEL_PREFIX}/") and key not in wanted_meta["labels"]:
+            same(f"metadata.labels[{key}]", pod_labels, key, wanted_meta["labels"])
+    spec, wanted = pod.setdefault("spec", {}), reference["spec"]
+    for key in _OWNED_SPEC:
+        same(f"spec.{key}", spec, key, wanted)
+    containers = spec.setdefault("containers", [])
+    names = [c.get("name") for c in containers if isinstance(c, dict)]
+    if sorted(map(str, names)) != sorted(c["name"] for c in wanted["containers"]):
+        changed.append(f"spec.containers (names {', '.join(map(str, names))}; the pod has "
+                       f"exactly {BUILD} and {HELPER})")
+        if fix:
+            spec["containers"] = [c for c in containers if c.get("name") in (BUILD, HELPER)]
+            for missing in wanted["containers"]:
+                if missing["name"] not in names:
+                    spec["containers"].append(copy.deepcopy(missing))
+    for want in wanted["containers"]:
+        have = next((c for c in spec["containers"] if c.get("name") == want["name"]), None)
+        if have is None:
+            continue
+        where = f"spec.containers[{want['name']}]"
+        for key in _OWNED_CONTAINER:
+            same(f"{where}.{key}", have, key, want)
+        for kind, key in (("env", "name"), ("volumeMounts", "mountPath")):
+            items = have.setdefault(kind, [])
+            for item in want[kind]:
+                found = next((i for i in items if i.get(key) == item[key]), None)
+                if found != item:
+                    changed.append(f"{where}.{kind}[{item[key]}]")
+                    if fix:
+                        items[:] = [i for i in items if i.get(key) != item[key]]
+                        items.append(copy.deepcopy(item))
+    volumes = spec.setdefault("volumes", [])
+    for want in wanted["volumes"]:
+        found = next((v for v in volumes if v.get("name") == want["name"]), None)
+        if found is None or (want["name"] in DRIVER_VOLUMES and found != want):
+            changed.append(f"spec.volumes[{want['name']}]")
+            if fix:
+                volumes[:] = [v for v in volumes if v.get("name") != want["name"]]
+                volumes.append(copy.deepcopy(want))
+    return changed

@@ -87,6 +87,15 @@ class Death:
 
     message: str
     oom_exit_code: int | None = None
+    # The kubelet evicted the pod for the storage the job itself wrote (a volume over
+    # its sizeLimit, a container over its ephemeral-storage limit): the job's failure.
+    storage_exit_code: int | None = None
+
+
+# The kubelet's eviction messages for a pod over its own storage limits
+# (pkg/kubelet/eviction/helpers.go), as opposed to a node under pressure.
+STORAGE_EVICTIONS = ("Usage of EmptyDir volume", "Container ",
+                     "Pod ephemeral local storage usage exceeds")
 
 
 def diagnose(pod: dict[str, Any] | None, name: str, container: str) -> Death | None:
@@ -100,6 +109,13 @@ def diagnose(pod: dict[str, Any] | None, name: str, container: str) -> Death | N
     metadata = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
+    evicted = str(status.get("message") or "")
+    if status.get("reason") == "Evicted" and evicted.startswith(STORAGE_EVICTIONS) \
+            and ("limit" in evicted):
+        return Death(f"pod {name} was evicted by its node: {evicted.strip()} The job wrote "
+                     "more than its pod may keep; write less, or ask the runner's operator "
+                     "for larger limits (the pod's size and ephemeral-storage settings)",
+                     storage_exit_code=137)
     for condition in status.get("conditions") or ():
         if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
             why = ": ".join(p for p in (condition.get("reason"), condition.get("message")) if p)

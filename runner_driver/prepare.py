@@ -20,7 +20,7 @@ from . import cancel, jobrecord, logs
 from .errors import Canceled, ClusterError, ConfigError, PodStartError
 from .jobrecord import PodRecord
 from .kube import Cluster
-from .podspec import BUILD, HELPER, JOB_LABEL, MANAGER_LABEL, build_pod, leftover_of
+from .podspec import BUILD, HELPER, JOB_LABEL, MANAGER_LABEL, leftover_of, plan
 from .podstatus import PodState, assess
 from .runner_env import JobContext, new_nonce
 from .settings import Settings
@@ -49,12 +49,15 @@ def prepare(settings: Settings, job: JobContext, cluster: Cluster, out: TextIO
                           "runner-driver stages must be started by gitlab-runner")
     if not job.nonce:
         job = replace(job, nonce=new_nonce())
-    manifest = build_pod(settings, job)
+    built = plan(settings, job)
+    manifest = built.pod
     name = manifest["metadata"]["name"]
     images = {c["name"]: c["image"] for c in manifest["spec"]["containers"]}
     if job.services:
         _say(out, f"WARNING: this job declares services ({', '.join(job.services)}); "
                   "runner-driver starts no service containers, so they are not available.")
+    for note in built.notes:
+        _say(out, note if note.startswith("WARNING") else f"Pod override {note}")
     record = PodRecord(cluster.namespace, name, job.nonce)
     _record(job, record)
     _say(out, f"Creating pod {cluster.namespace}/{name} (build image {images[BUILD]}, "

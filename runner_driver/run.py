@@ -187,11 +187,14 @@ def _raise_if_dead(cluster: Cluster, pod: str, container: str) -> None:
     death = diagnose(cluster.read_pod(pod), f"{cluster.namespace}/{pod}", container)
     if death is None:
         return
+    code = death.storage_exit_code
     if death.oom_exit_code is not None and container == BUILD:
+        code = death.oom_exit_code
+    if code is not None:
         err = logs.stderr()
         err.write(f"runner-driver: {death.message}\n")
         err.flush()
-        raise JobFailed(death.message, exit_code=death.oom_exit_code)
+        raise JobFailed(death.message, exit_code=code)
     raise ClusterError(f"running the stage in container {container}: {death.message}")
 
 

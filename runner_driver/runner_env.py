@@ -41,6 +41,8 @@ NONCE_KEY = jobrecord.NONCE_KEY
 MAX_ID = 2**63 - 1
 MAX_JOB_TIMEOUT_SECONDS = 31 * 24 * 3600
 DISPLAY_LIMIT = 100
+# GitLab's per-job pod variables (KUBERNETES_CPU_LIMIT, KUBERNETES_NODE_SELECTOR_*, ...).
+OVERRIDE_PREFIX = "KUBERNETES_"
 # Job variables that always hold credentials, whether or not the project masks them.
 SECRET_VARIABLES = ("CI_JOB_TOKEN", "CI_BUILD_TOKEN", "CI_REGISTRY_PASSWORD",
                     "CI_DEPENDENCY_PROXY_PASSWORD", "CI_DEPLOY_PASSWORD",
@@ -189,6 +191,9 @@ class JobContext:
     services: tuple[str, ...] = ()
     pod_name_from_config: str = ""
     namespace_from_config: str = ""
+    # The job's KUBERNETES_* variables (name without prefix, value): requests to change
+    # the pod, which `overrides` grants only within the operator's caps.
+    pod_requests: tuple[tuple[str, str], ...] = ()
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
@@ -227,6 +232,9 @@ class JobContext:
             services=_services(env),
             pod_name_from_config=env.get(POD_KEY, ""),
             namespace_from_config=env.get(NAMESPACE_KEY, ""),
+            pod_requests=tuple(sorted(
+                (name[len(PREFIX):], value) for name, value in env.items()
+                if name.startswith(PREFIX + OVERRIDE_PREFIX))),
             secrets=_secrets(env, payload),
         )
 

@@ -62,6 +62,13 @@ class PodSettings:
     termination_grace_period_seconds: int = 10
     default_job_timeout_seconds: int = 3600
     deadline_margin_seconds: int = 900
+    builds_size_limit: str = "10Gi"
+    cache_size_limit: str = "10Gi"
+    scratch_size_limit: str = "10Gi"
+    logs_size_limit: str = "1Gi"
+    # Files, relative to the settings file: a partial Pod (YAML) and a JSON Patch.
+    template: str = ""
+    patch: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,12 +79,17 @@ class ContainerResources:
     memory_request: str = ""
     cpu_limit: str = ""
     memory_limit: str = ""
+    ephemeral_storage_request: str = ""
+    ephemeral_storage_limit: str = ""
 
 
 @dataclass(frozen=True)
 class BuildSettings(ContainerResources):
     """The `build` container, where `script:` runs."""
 
+    # kaniko unpacks the base image into the container's own root, which counts here.
+    ephemeral_storage_request: str = "1Gi"
+    ephemeral_storage_limit: str = "20Gi"
     image: str = KANIKO_DEBUG_IMAGE
     allowed_images: tuple[str, ...] = DEFAULT_ALLOWED_IMAGES
 
@@ -86,7 +98,48 @@ class BuildSettings(ContainerResources):
 class HelperSettings(ContainerResources):
     """The `helper` container, where git, cache and artifact stages run."""
 
+    ephemeral_storage_request: str = "256Mi"
+    ephemeral_storage_limit: str = "4Gi"
     image: str = HELPER_IMAGE
+    # 0 keeps the image's own user (root in GitLab's helper images).
+    run_as_user: int = 1000
+
+
+@dataclass(frozen=True)
+class ResourceCaps:
+    """The highest value a job may ask for, per resource; empty turns the override off."""
+
+    cpu_request_max: str = ""
+    cpu_limit_max: str = ""
+    memory_request_max: str = ""
+    memory_limit_max: str = ""
+    ephemeral_storage_request_max: str = ""
+    ephemeral_storage_limit_max: str = ""
+
+
+@dataclass(frozen=True)
+class OverrideSettings:
+    """What a job may change in its pod through KUBERNETES_* variables; all off by default."""
+
+    build: ResourceCaps = field(default_factory=ResourceCaps)
+    helper: ResourceCaps = field(default_factory=ResourceCaps)
+    node_selector_keys: tuple[str, ...] = ()
+    service_accounts: tuple[str, ...] = ()
+    pod_label_keys: tuple[str, ...] = ()
+    pod_annotation_keys: tuple[str, ...] = ()
+
+
+# The Pod Security Standards "baseline" controls an operator may opt out of.
+SECURITY_EXCEPTIONS = ("privileged", "host_namespaces", "host_path", "host_ports",
+                       "capabilities", "seccomp", "proc_mount", "sysctls", "selinux",
+                       "apparmor", "probe_hosts")
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """Which baseline checks of the final pod the operator has knowingly turned off."""
+
+    exceptions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,16 +177,29 @@ class Settings:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
     manager: ManagerSettings = field(default_factory=ManagerSettings)
+    overrides: OverrideSettings = field(default_factory=OverrideSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     source: str = "built-in defaults"
+    # Read from the files `pod.template` and `pod.patch` name, when `load` runs.
+    pod_template: dict[str, Any] | None = field(default=None, compare=False)
+    pod_patch: tuple[Any, ...] | None = field(default=None, compare=False)
+
+    def watched_files(self) -> list[str]:
+        """Files whose change makes these settings stale."""
+        return [self.source, *(resolve(self, p) for p in (self.pod.template, self.pod.patch)
+                               if p)]
+
+
+_DERIVED = ("source", "pod_template", "pod_patch")
 
 
 LEVELS = ("debug", "info", "warning", "error")
 # Kubernetes quantities as operators write them (a subset of the API's grammar that
 # excludes the surprising ones: exponents, and `m` on memory, which means millibytes).
-_CPU = re.compile(r"(\d+(\.\d+)?|\d+m)")
+_CPU = re.compile(r"(\d+(\.\d+)?|\d+m)", re.ASCII)
 # A label value (the manager id is one): at most 63 characters, alphanumeric at both ends.
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
-_MEMORY = re.compile(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
+_MEMORY = re.compile(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?", re.ASCII)
 FORMATS = ("console", "json")
 
 
@@ -168,7 +234,52 @@ def load(path: Path | None) -> Settings:
     settings = _build(Settings, raw, path, "")
     settings = replace(settings, source=str(path))
     _check(settings, path)
-    return settings
+    return _read_pod_files(settings, path)
+
+
+def resolve(settings: Settings, name: str) -> str:
+    """A file named in the settings: relative names are relative to the settings file."""
+    if os.path.isabs(name) or settings.source == Settings.source:
+        return name
+    return os.path.join(os.path.dirname(settings.source), name)
+
+
+def _read_pod_files(settings: Settings, path: Path) -> Settings:
+    """The settings with the pod template and patch files read and parsed."""
+    def read(key: str, name: str) -> Any:
+        import yaml  # noqa: PLC0415 - only when a template or patch is configured
+
+        file = resolve(settings, name)
+        where = f"reading driver config {path}: {key}: {file}"
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ConfigError(f"{where}: {error.strerror or error}") from error
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{where}: not UTF-8 text: {error}") from error
+        try:
+            # YAML is a superset of JSON, so a JSON Patch file reads the same way.
+            return yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{where}: invalid YAML: {error}".replace("\n", " ")) from error
+
+    template = patch = None
+    if settings.pod.template:
+        template = read("pod.template", settings.pod.template)
+        if not isinstance(template, dict):
+            raise ConfigError(f"reading driver config {path}: pod.template: "
+                              f"{resolve(settings, settings.pod.template)}: expected a partial "
+                              f"Pod (a YAML mapping), got {_kind(template)}")
+    if settings.pod.patch:
+        operations = read("pod.patch", settings.pod.patch)
+        if not isinstance(operations, list) or \
+                not all(isinstance(op, dict) for op in operations):
+            raise ConfigError(f"reading driver config {path}: pod.patch: "
+                              f"{resolve(settings, settings.pod.patch)}: expected a JSON Patch "
+                              f"(a list of operations such as {{op: remove, path: /spec/x}}), "
+                              f"got {_kind(operations)}")
+        patch = tuple(operations)
+    return replace(settings, pod_template=template, pod_patch=patch)
 
 
 def resolve_manager(settings: Settings) -> Settings:
@@ -191,7 +302,7 @@ T = TypeVar("T")
 
 def _build(cls: type[T], raw: Mapping[str, Any], path: Path, prefix: str) -> T:
     assert is_dataclass(cls)
-    known = {f.name: f for f in fields(cls) if f.name != "source"}
+    known = {f.name: f for f in fields(cls) if f.name not in _DERIVED}
     for key in raw:
         if key not in known:
             where = f"{prefix}{key}"
@@ -282,17 +393,37 @@ def _check(settings: Settings, path: Path) -> None:
     for key in ("request_timeout_seconds", "retry_timeout_seconds"):
         if getattr(settings.kubernetes, key) <= 0:
             raise fail(f"kubernetes.{key}", "must be greater than 0")
-    for section in ("build", "helper"):
-        for key in ("cpu_request", "cpu_limit"):
-            value = getattr(getattr(settings, section), key)
-            if value and not _CPU.fullmatch(value):
-                raise fail(f"{section}.{key}", f"must be a CPU quantity such as 500m or 2, "
-                                               f"got {value!r}")
-        for key in ("memory_request", "memory_limit"):
-            value = getattr(getattr(settings, section), key)
-            if value and not _MEMORY.fullmatch(value):
-                raise fail(f"{section}.{key}", f"must be a memory quantity such as 512Mi or "
-                                               f"2Gi, got {value!r}")
+    def quantity(key: str, value: str, kind: str) -> None:
+        pattern, example = (_CPU, "500m or 2") if kind == "cpu" else (_MEMORY, "512Mi or 2Gi")
+        if value and not pattern.fullmatch(value):
+            what = "a CPU" if kind == "cpu" else "a memory" if kind == "memory" else \
+                "a storage"
+            raise fail(key, f"must be {what} quantity such as {example}, got {value!r}")
+
+    for section, container in (("build", settings.build), ("helper", settings.helper),
+                               ("overrides.build", settings.overrides.build),
+                               ("overrides.helper", settings.overrides.helper)):
+        suffix = "_max" if section.startswith("overrides") else ""
+        for resource in ("cpu", "memory", "ephemeral_storage"):
+            for kind in ("request", "limit"):
+                key = f"{resource}_{kind}{suffix}"
+                quantity(f"{section}.{key}", getattr(container, key), resource)
+    for key in ("builds_size_limit", "cache_size_limit", "scratch_size_limit",
+                "logs_size_limit"):
+        quantity(f"pod.{key}", getattr(pod, key), "storage")
+        if not getattr(pod, key):
+            raise fail(f"pod.{key}", "must not be empty: every volume of the job pod has a "
+                                     "size limit, so no job can fill the node's disk")
+    if settings.helper.run_as_user < 0:
+        raise fail("helper.run_as_user", "must be a user id (0 keeps the image's user)")
+    for name in settings.security.exceptions:
+        if name not in SECURITY_EXCEPTIONS:
+            raise fail("security.exceptions", f"unknown check {name!r} (known: "
+                                              f"{', '.join(SECURITY_EXCEPTIONS)})")
+    for key in ("node_selector_keys", "service_accounts", "pod_label_keys",
+                "pod_annotation_keys"):
+        if any(not value.strip() for value in getattr(settings.overrides, key)):
+            raise fail(f"overrides.{key}", "must not hold empty patterns")
     if not settings.build.image:
         raise fail("build.image", "must not be empty")
     if not settings.helper.image:

@@ -41,6 +41,7 @@ from runner_driver.settings import (
     DEFAULT_ALLOWED_IMAGES,
     KANIKO_DEBUG_IMAGE,
     BuildSettings,
+    ContainerResources,
     HelperSettings,
     ManagerSettings,
     PodSettings,
@@ -149,8 +150,14 @@ def test_representative_job_manifest_is_exact() -> None:
         "helper=$(command -v gitlab-runner-helper || command -v gitlab-runner || true)\n"
         '[ -n "$helper" ] && ln -sf "$helper" /runner-driver/bin/gitlab-runner\n'
         "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done")
-    security = {"privileged": False, "allowPrivilegeEscalation": False,
-                "capabilities": {"drop": ["NET_RAW"]}}
+    helper_security = {"privileged": False, "allowPrivilegeEscalation": False,
+                       "capabilities": {"drop": ["ALL"]}, "runAsUser": 1000,
+                       "runAsNonRoot": True}
+    build_security = {"privileged": False, "allowPrivilegeEscalation": False,
+                      "capabilities": {"drop": ["ALL"],
+                                       "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID",
+                                               "KILL", "MKNOD", "SETFCAP", "SETGID",
+                                               "SETPCAP", "SETUID", "SYS_CHROOT"]}}
     mounts = [{"name": "builds", "mountPath": "/builds"},
               {"name": "cache", "mountPath": "/cache"},
               {"name": "scratch", "mountPath": "/scratch"},
@@ -184,11 +191,11 @@ def test_representative_job_manifest_is_exact() -> None:
             "activeDeadlineSeconds": 2700,
             "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
             "volumes": [
-                {"name": "builds", "emptyDir": {}},
-                {"name": "cache", "emptyDir": {}},
-                {"name": "scratch", "emptyDir": {}},
+                {"name": "builds", "emptyDir": {"sizeLimit": "10Gi"}},
+                {"name": "cache", "emptyDir": {"sizeLimit": "10Gi"}},
+                {"name": "scratch", "emptyDir": {"sizeLimit": "10Gi"}},
                 {"name": "driver", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-                {"name": "driver-logs", "emptyDir": {}},
+                {"name": "driver-logs", "emptyDir": {"sizeLimit": "1Gi"}},
             ],
             "containers": [
                 {
@@ -200,21 +207,25 @@ def test_representative_job_manifest_is_exact() -> None:
                              "value": "/runner-driver/bin:/usr/local/sbin:/usr/local/bin:"
                                       "/usr/sbin:/usr/bin:/sbin:/bin"},
                             {"name": "TMPDIR", "value": "/scratch"},
-                            nonce_env],
-                    "resources": {},
-                    "securityContext": security,
+                            nonce_env,
+                            {"name": "HOME", "value": "/scratch"}],
+                    "resources": {"requests": {"ephemeral-storage": "256Mi"},
+                                  "limits": {"ephemeral-storage": "4Gi"}},
+                    "securityContext": helper_security,
                     "volumeMounts": mounts,
                 },
                 {
                     "name": "build",
                     "image": "ghcr.io/osscontainertools/kaniko:v1.28.3-debug",
                     "command": ["/busybox/sh", "-c",
+                                "mkdir -p /runner-driver/run && chmod 777 /runner-driver/run\n"
                                 "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"],
                     "env": [{"name": "container", "value": "kube"},
                             {"name": "TMPDIR", "value": "/scratch"},
                             nonce_env],
-                    "resources": {},
-                    "securityContext": security,
+                    "resources": {"requests": {"ephemeral-storage": "1Gi"},
+                                  "limits": {"ephemeral-storage": "20Gi"}},
+                    "securityContext": build_security,
                     "volumeMounts": mounts,
                 },
             ],
@@ -665,12 +676,30 @@ def test_empty_allow_list_allows_only_the_default() -> None:
 
 @pytest.mark.parametrize("name", ["helper", "build"])
 def test_containers_run_unprivileged(name: str) -> None:
-    """No container is privileged, may escalate, or keeps NET_RAW."""
+    """No container is privileged, may escalate, or keeps NET_RAW, NET_BIND_SERVICE or
+    AUDIT_WRITE; only build adds back what kaniko needs."""
     context = containers(build_pod(SETTINGS, make_job()))[name]["securityContext"]
     assert context["privileged"] is False
     assert context["allowPrivilegeEscalation"] is False
-    assert "NET_RAW" in context["capabilities"]["drop"]
-    assert "add" not in context["capabilities"]
+    assert context["capabilities"]["drop"] == ["ALL"]
+    added = set(context["capabilities"].get("add", []))
+    assert added == (set() if name == "helper" else
+                     {"CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "SETFCAP",
+                      "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"})
+    assert not added & {"NET_RAW", "NET_BIND_SERVICE", "AUDIT_WRITE", "SYS_ADMIN"}
+
+
+def test_helper_runs_as_the_configured_non_root_user() -> None:
+    """The helper runs as helper.run_as_user with runAsNonRoot and a writable HOME; 0 keeps
+    the image's user."""
+    helper = containers(build_pod(SETTINGS, make_job()))["helper"]
+    assert helper["securityContext"]["runAsUser"] == 1000
+    assert helper["securityContext"]["runAsNonRoot"] is True
+    assert env_of(helper)["HOME"] == "/scratch"
+    root = replace(SETTINGS, helper=replace(SETTINGS.helper, run_as_user=0))
+    helper = containers(build_pod(root, make_job()))["helper"]
+    assert "runAsUser" not in helper["securityContext"]
+    assert "HOME" not in env_of(helper)
 
 
 def test_pod_level_hardening() -> None:
@@ -738,11 +767,23 @@ def test_driver_volume_is_memory_backed() -> None:
     assert all("medium" not in volumes[n]["emptyDir"] for n in ("builds", "cache", "scratch"))
 
 
-def test_stage_logs_volume_is_disk_backed_and_unbounded() -> None:
-    """Stage output goes to its own disk-backed emptyDir at inpod.LOG_DIR, with no size limit."""
+def test_stage_logs_volume_is_disk_backed_and_bounded() -> None:
+    """Stage output goes to its own disk-backed emptyDir at inpod.LOG_DIR, bounded by
+    pod.logs_size_limit."""
     volumes = {v["name"]: v for v in build_pod(SETTINGS, make_job())["spec"]["volumes"]}
-    assert volumes["driver-logs"] == {"name": "driver-logs", "emptyDir": {}}
+    assert volumes["driver-logs"] == {"name": "driver-logs", "emptyDir": {"sizeLimit": "1Gi"}}
     assert LOG_DIR == "/runner-driver-logs"
+
+
+def test_every_volume_has_a_size_limit() -> None:
+    """Every emptyDir carries the sizeLimit its setting names, so no job fills the node."""
+    sized = replace(SETTINGS, pod=replace(SETTINGS.pod, builds_size_limit="3Gi",
+                                          cache_size_limit="4Gi", scratch_size_limit="5Gi",
+                                          logs_size_limit="6Gi"))
+    volumes = {v["name"]: v["emptyDir"] for v in build_pod(sized, make_job())["spec"]["volumes"]}
+    assert {name: v.get("sizeLimit") for name, v in volumes.items()} == {
+        "builds": "3Gi", "cache": "4Gi", "scratch": "5Gi", "driver": "16Mi",
+        "driver-logs": "6Gi"}
 
 
 # Deadline.
@@ -773,19 +814,21 @@ SIZED = Settings(
 
 
 @pytest.mark.parametrize(("container", "expected"), [
-    pytest.param(BuildSettings(), {}, id="none"),
-    pytest.param(BuildSettings(cpu_request="500m"), {"requests": {"cpu": "500m"}},
+    pytest.param(ContainerResources(), {}, id="none"),
+    pytest.param(ContainerResources(cpu_request="500m"), {"requests": {"cpu": "500m"}},
                  id="cpu-request-only"),
-    pytest.param(HelperSettings(memory_limit="256Mi"), {"limits": {"memory": "256Mi"}},
+    pytest.param(ContainerResources(memory_limit="256Mi"), {"limits": {"memory": "256Mi"}},
                  id="memory-limit-only"),
-    pytest.param(BuildSettings(memory_request="1Gi", cpu_limit="2"),
+    pytest.param(ContainerResources(memory_request="1Gi", cpu_limit="2"),
                  {"requests": {"memory": "1Gi"}, "limits": {"cpu": "2"}}, id="crossed"),
-    pytest.param(HelperSettings(cpu_request="1", memory_request="2Gi", cpu_limit="1.5",
-                                memory_limit="3Gi"),
-                 {"requests": {"cpu": "1", "memory": "2Gi"},
-                  "limits": {"cpu": "1.5", "memory": "3Gi"}}, id="all-four"),
+    pytest.param(ContainerResources(cpu_request="1", memory_request="2Gi", cpu_limit="1.5",
+                                    memory_limit="3Gi", ephemeral_storage_request="1Gi",
+                                    ephemeral_storage_limit="5Gi"),
+                 {"requests": {"cpu": "1", "memory": "2Gi", "ephemeral-storage": "1Gi"},
+                  "limits": {"cpu": "1.5", "memory": "3Gi", "ephemeral-storage": "5Gi"}},
+                 id="all-six"),
 ])
-def test_resources_leave_out_what_is_unset(container: BuildSettings | HelperSettings,
+def test_resources_leave_out_what_is_unset(container: ContainerResources,
                                            expected: dict[str, dict[str, str]]) -> None:
     """Only the quantities set appear; a kind (requests, limits) with none is left out."""
     assert resources(container) == expected
@@ -794,16 +837,21 @@ def test_resources_leave_out_what_is_unset(container: BuildSettings | HelperSett
 def test_each_container_gets_its_own_resources() -> None:
     """The build container gets [build]'s quantities and the helper [helper]'s, unmixed."""
     found = containers(build_pod(SIZED, make_job()))
-    assert found["build"]["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"},
-                                           "limits": {"cpu": "2", "memory": "4Gi"}}
-    assert found["helper"]["resources"] == {"requests": {"cpu": "100m"},
-                                            "limits": {"memory": "256Mi"}}
+    assert found["build"]["resources"] == {
+        "requests": {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "1Gi"},
+        "limits": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "20Gi"}}
+    assert found["helper"]["resources"] == {
+        "requests": {"cpu": "100m", "ephemeral-storage": "256Mi"},
+        "limits": {"memory": "256Mi", "ephemeral-storage": "4Gi"}}
 
 
-def test_no_resources_set_gives_empty_blocks() -> None:
-    """With the defaults both containers have an empty resources block (LimitRange applies)."""
+def test_defaults_bound_only_ephemeral_storage() -> None:
+    """With the defaults only ephemeral storage is bounded (CPU and memory: LimitRange)."""
     found = containers(build_pod(SETTINGS, make_job()))
-    assert found["build"]["resources"] == {} and found["helper"]["resources"] == {}
+    assert found["build"]["resources"] == {"requests": {"ephemeral-storage": "1Gi"},
+                                           "limits": {"ephemeral-storage": "20Gi"}}
+    assert found["helper"]["resources"] == {"requests": {"ephemeral-storage": "256Mi"},
+                                            "limits": {"ephemeral-storage": "4Gi"}}
 
 
 def test_manifest_with_resources_validates_against_kubernetes_schema() -> None:
@@ -883,3 +931,265 @@ def test_builder_is_pure() -> None:
     assert build_pod(settings, job) == pristine
     assert NONCE_ENV["valueFrom"] == {
         "fieldRef": {"fieldPath": "metadata.labels['runner-driver/nonce']"}}
+
+
+# Layers: template, overrides, invariants, patch, checks (see the podspec docstring).
+
+
+def layered(template: dict[str, Any] | None = None, patch: list[Any] | None = None,
+            **sections: Any) -> Settings:
+    """SETTINGS with a pod template and patch as if read from files, and `sections` set."""
+    pod = replace(SETTINGS.pod, template="pod.yaml" if template is not None else "",
+                  patch="patch.yaml" if patch is not None else "")
+    return replace(SETTINGS, pod=pod, source="/etc/runner-driver/config.toml",
+                   pod_template=template, pod_patch=tuple(patch) if patch is not None else None,
+                   **sections)
+
+
+TEMPLATE: dict[str, Any] = {
+    "metadata": {"labels": {"team": "platform"}, "annotations": {"cost-center": "42"}},
+    "spec": {
+        "nodeSelector": {"pool": "builds"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ci",
+                         "effect": "NoSchedule"}],
+        "priorityClassName": "ci-low",
+        "runtimeClassName": "gvisor",
+        "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": "ci-cache"}},
+                    {"name": "extra-ca", "configMap": {"name": "corp-ca"}}],
+        "containers": [
+            {"name": "build",
+             "env": [{"name": "GOPROXY", "value": "https://proxy.example.com"}],
+             "resources": {"limits": {"memory": "6Gi"}},
+             "volumeMounts": [{"name": "extra-ca", "mountPath": "/etc/corp-ca"}]},
+            {"name": "helper", "resources": {"requests": {"cpu": "200m"}}},
+        ],
+    },
+}
+
+
+def test_template_fields_land_in_the_pod() -> None:
+    """Labels, annotations, scheduling fields and container additions of the template are
+    all in the built pod, next to the driver's own."""
+    pod = build_pod(layered(TEMPLATE), make_job())
+    assert pod["metadata"]["labels"]["team"] == "platform"
+    assert pod["metadata"]["labels"][JOB_LABEL] == "1234"
+    assert pod["metadata"]["annotations"]["cost-center"] == "42"
+    spec = pod["spec"]
+    assert spec["nodeSelector"] == {"pool": "builds"}
+    assert spec["tolerations"] == TEMPLATE["spec"]["tolerations"]
+    assert (spec["priorityClassName"], spec["runtimeClassName"]) == ("ci-low", "gvisor")
+    build = containers(pod)["build"]
+    assert env_of(build)["GOPROXY"] == "https://proxy.example.com"
+    assert env_of(build)["container"] == "kube"
+    assert build["resources"] == {"requests": {"ephemeral-storage": "1Gi"},
+                                  "limits": {"ephemeral-storage": "20Gi", "memory": "6Gi"}}
+    assert {"name": "extra-ca", "mountPath": "/etc/corp-ca"} in build["volumeMounts"]
+    assert containers(pod)["helper"]["resources"]["requests"] == {
+        "ephemeral-storage": "256Mi", "cpu": "200m"}
+
+
+def test_template_can_resource_a_stage_volume() -> None:
+    """A template's volume of a stage volume's name replaces its source whole (retainKeys):
+    the cache becomes a PVC with no emptyDir left beside it."""
+    volumes = {v["name"]: v for v in build_pod(layered(TEMPLATE), make_job())["spec"]["volumes"]}
+    assert volumes["cache"] == {"name": "cache",
+                                "persistentVolumeClaim": {"claimName": "ci-cache"}}
+    assert volumes["builds"] == {"name": "builds", "emptyDir": {"sizeLimit": "10Gi"}}
+
+
+def test_built_pod_with_template_is_schema_valid() -> None:
+    """The layered pod is a strictly valid v1 Pod for the newest schema."""
+    manifest = build_pod(layered(TEMPLATE), make_job())
+    assert kubernetes_validate.validate(manifest, K8S_VERSION, strict=True) == K8S_MINOR
+
+
+@pytest.mark.parametrize(("template", "path"), [
+    pytest.param({"metadata": {"labels": {JOB_LABEL: "1"}}},
+                 f"metadata.labels[{JOB_LABEL}]", id="driver-label"),
+    pytest.param({"spec": {"restartPolicy": "Always"}}, "spec.restartPolicy", id="restart"),
+    pytest.param({"spec": {"automountServiceAccountToken": True}},
+                 "spec.automountServiceAccountToken", id="token"),
+    pytest.param({"spec": {"activeDeadlineSeconds": 10}}, "spec.activeDeadlineSeconds",
+                 id="deadline"),
+    pytest.param({"spec": {"containers": [{"name": "build", "command": ["/bin/sh"]}]}},
+                 "spec.containers[build].command", id="command"),
+    pytest.param({"spec": {"containers": [{"name": "build", "args": ["x"]}]}},
+                 "spec.containers[build].args", id="args"),
+    pytest.param({"spec": {"containers": [{"name": "helper", "image": "alpine"}]}},
+                 "spec.containers[helper].image", id="image"),
+    pytest.param({"spec": {"containers": [{"name": "sidecar", "image": "envoy"}]}},
+                 "spec.containers (names helper, build, sidecar", id="third-container"),
+    pytest.param({"spec": {"containers": [{"name": "build", "env": [
+        {"name": "TMPDIR", "value": "/tmp"}]}]}},
+                 "spec.containers[build].env[TMPDIR]", id="owned-env"),
+    pytest.param({"spec": {"containers": [{"name": "helper", "volumeMounts": [
+        {"name": "cache", "mountPath": "/builds"}]}]}},
+                 "spec.containers[helper].volumeMounts[/builds]", id="owned-mount"),
+    pytest.param({"spec": {"volumes": [{"name": "driver", "emptyDir": {"medium": None}}]}},
+                 "spec.volumes[driver]", id="driver-volume"),
+    pytest.param({"spec": {"volumes": [{"name": "driver-logs", "persistentVolumeClaim": {
+        "claimName": "x"}}]}}, "spec.volumes[driver-logs]", id="logs-volume"),
+])
+def test_template_may_not_set_the_drivers_fields(template: dict[str, Any], path: str) -> None:
+    """A template touching a field the driver owns is refused naming the file and path."""
+    with pytest.raises(ConfigError) as caught:
+        build_pod(layered(template), make_job())
+    message = str(caught.value)
+    assert message.startswith("pod.template /etc/runner-driver/pod.yaml: ")
+    assert path in message and "which the driver sets itself" in message
+
+
+@pytest.mark.parametrize(("template", "expected"), [
+    pytest.param({"status": {}}, "status: not part of a pod template", id="status"),
+    pytest.param({"kind": "Deployment"}, "apiVersion/kind: a pod template is apiVersion v1",
+                 id="kind"),
+    pytest.param({"metadata": {"namespace": "x"}}, "metadata.namespace: set by the driver",
+                 id="namespace"),
+    pytest.param({"metadata": {"name": "mine"}}, "metadata.name: set by the driver",
+                 id="name"),
+    pytest.param({"spec": []}, "spec: expected a mapping", id="spec-list"),
+    pytest.param({"spec": {"containers": [{"image": "x"}]}},
+                 "spec.containers[0]: each item needs its merge key 'name'", id="no-name"),
+])
+def test_malformed_templates_are_refused_with_their_path(template: dict[str, Any],
+                                                         expected: str) -> None:
+    """A template that is not a partial Pod is refused, naming what is wrong where."""
+    with pytest.raises(ConfigError) as caught:
+        build_pod(layered(template), make_job())
+    assert str(caught.value).startswith("pod.template /etc/runner-driver/pod.yaml: ")
+    assert expected in str(caught.value)
+
+
+def test_template_can_remove_a_default_with_null() -> None:
+    """`null` in the template removes a default (here the build's ephemeral-storage limit)."""
+    template = {"spec": {"containers": [{"name": "build", "resources": {
+        "limits": {"ephemeral-storage": None}}}]}}
+    build = containers(build_pod(layered(template), make_job()))["build"]
+    assert build["resources"]["limits"] == {}
+
+
+def test_overrides_apply_after_the_template_and_notes_are_returned() -> None:
+    """A job's allowed override beats the template's value, and `plan` says so in a note."""
+    from runner_driver.podspec import plan
+    from runner_driver.settings import OverrideSettings, ResourceCaps
+
+    settings = layered(TEMPLATE, overrides=OverrideSettings(
+        build=ResourceCaps(memory_limit_max="8Gi")))
+    job = make_job(pod_requests=(("KUBERNETES_MEMORY_LIMIT", "7Gi"),))
+    built = plan(settings, job)
+    assert containers(built.pod)["build"]["resources"]["limits"]["memory"] == "7Gi"
+    assert built.notes == ("KUBERNETES_MEMORY_LIMIT=7Gi: build container limits.memory "
+                           "(cap 8Gi)",)
+
+
+def test_override_above_its_cap_fails_the_job() -> None:
+    """Above its cap an override is the job's failure, naming variable, value and cap."""
+    from runner_driver.settings import OverrideSettings, ResourceCaps
+
+    settings = layered(overrides=OverrideSettings(build=ResourceCaps(memory_limit_max="8Gi")))
+    with pytest.raises(JobFailed) as caught:
+        build_pod(settings, make_job(pod_requests=(("KUBERNETES_MEMORY_LIMIT", "9Gi"),)))
+    assert str(caught.value) == ("refusing KUBERNETES_MEMORY_LIMIT=9Gi: above the runner's cap "
+                                 "of 8Gi (overrides.build.memory_limit_max)")
+
+
+def test_patch_applies_last_and_can_remove_what_a_merge_cannot() -> None:
+    """The JSON Patch runs after template and overrides: it removes a field and adds one."""
+    patch = [{"op": "remove", "path": "/spec/enableServiceLinks"},
+             {"op": "add", "path": "/spec/containers/1/resources/limits/cpu", "value": "3"},
+             {"op": "replace", "path": "/spec/nodeSelector/pool", "value": "big"}]
+    pod = build_pod(layered(TEMPLATE, patch), make_job())
+    assert "enableServiceLinks" not in pod["spec"]
+    assert pod["spec"]["nodeSelector"] == {"pool": "big"}
+    assert containers(pod)["build"]["resources"]["limits"]["cpu"] == "3"
+
+
+@pytest.mark.parametrize(("operation", "path"), [
+    pytest.param({"op": "replace", "path": "/metadata/name", "value": "x"}, "metadata.name",
+                 id="name"),
+    pytest.param({"op": "remove", "path": "/spec/automountServiceAccountToken"},
+                 "spec.automountServiceAccountToken", id="token"),
+    pytest.param({"op": "remove", "path": "/spec/containers/0/env/2"},
+                 "spec.containers[helper].env[RUNNER_DRIVER_NONCE]", id="nonce-env"),
+    pytest.param({"op": "remove", "path": "/spec/volumes/3"}, "spec.volumes[driver]",
+                 id="driver-volume"),
+    pytest.param({"op": "remove", "path": "/spec/containers/1"}, "spec.containers (names",
+                 id="container"),
+])
+def test_patch_may_not_change_the_drivers_fields(operation: dict[str, Any], path: str) -> None:
+    """A patch changing a field the driver owns is refused naming the patch file and path."""
+    with pytest.raises(ConfigError) as caught:
+        build_pod(layered(patch=[operation]), make_job())
+    message = str(caught.value)
+    assert message.startswith("pod.patch /etc/runner-driver/patch.yaml: changes ")
+    assert path in message
+
+
+def test_patch_that_does_not_apply_names_the_file() -> None:
+    """A patch op on a missing path is refused naming the patch file and jsonpatch's reason."""
+    with pytest.raises(ConfigError) as caught:
+        build_pod(layered(patch=[{"op": "remove", "path": "/spec/hostAliases"}]), make_job())
+    assert str(caught.value).startswith(
+        "pod.patch /etc/runner-driver/patch.yaml: cannot apply the JSON Patch: ")
+
+
+@pytest.mark.parametrize(("template", "patch", "path", "control"), [
+    pytest.param({"spec": {"containers": [{"name": "build", "securityContext": {
+        "privileged": True}}]}}, None, "spec.containers[build].securityContext.privileged",
+                 "privileged", id="privileged"),
+    pytest.param({"spec": {"hostNetwork": True}}, None, "spec.hostNetwork", "host_namespaces",
+                 id="host-network"),
+    pytest.param({"spec": {"hostPID": True}}, None, "spec.hostPID", "host_namespaces",
+                 id="host-pid"),
+    pytest.param({"spec": {"volumes": [{"name": "docker", "hostPath": {
+        "path": "/var/run/docker.sock"}}]}}, None, "spec.volumes[docker].hostPath",
+                 "host_path", id="host-path"),
+    pytest.param({"spec": {"containers": [{"name": "helper", "securityContext": {
+        "capabilities": {"add": ["SYS_ADMIN"]}}}]}}, None,
+                 "spec.containers[helper].securityContext.capabilities.add", "capabilities",
+                 id="sys-admin"),
+    pytest.param(None, [{"op": "replace", "path": "/spec/securityContext/seccompProfile/type",
+                         "value": "Unconfined"}],
+                 "spec.securityContext.seccompProfile.type", "seccomp", id="patch-seccomp"),
+    pytest.param(None, [{"op": "add", "path": "/spec/containers/1/securityContext/privileged",
+                         "value": True}],
+                 "spec.containers[build].securityContext.privileged", "privileged",
+                 id="patch-privileged"),
+])
+def test_beyond_baseline_is_refused_with_the_path(template: dict[str, Any] | None,
+                                                  patch: list[Any] | None, path: str,
+                                                  control: str) -> None:
+    """A template or patch that breaks the PSS baseline is refused, naming the field's path
+    and the opt-out; with the opt-out set, the same pod is built."""
+    with pytest.raises(ConfigError) as caught:
+        build_pod(layered(template, patch), make_job())
+    message = str(caught.value)
+    assert message.startswith(f"refusing the job pod: {path} ")
+    assert f'security.exceptions = ["{control}"]' in message
+    source = "pod.template /etc/runner-driver/pod.yaml" if template is not None \
+        else "pod.patch /etc/runner-driver/patch.yaml"
+    assert source in message
+    from runner_driver.settings import SecuritySettings
+
+    allowed = layered(template, patch, security=SecuritySettings(exceptions=(control,)))
+    assert build_pod(allowed, make_job())["metadata"]["name"]
+
+
+def test_defaults_pass_the_baseline_check() -> None:
+    """The driver's own pod has no baseline violation (the check cannot pass vacuously: see
+    the refusals above)."""
+    from runner_driver.podsecurity import violations
+
+    assert violations(build_pod(SETTINGS, make_job())) == []
+
+
+def test_a_request_above_its_limit_from_the_template_is_the_operators_error() -> None:
+    """A template leaving a request above its limit is a ConfigError naming the container
+    (the operator's mistake), not a failure of the job."""
+    template = {"spec": {"containers": [{"name": "build", "resources": {
+        "requests": {"memory": "8Gi"}, "limits": {"memory": "4Gi"}}}]}}
+    with pytest.raises(ConfigError) as caught:
+        build_pod(layered(template), make_job())
+    assert str(caught.value) == (
+        "building the job's pod: spec.containers[build].resources: memory: request 8Gi is "
+        "above its limit 4Gi (from the [build] settings, the pod template or the patch)")

@@ -340,3 +340,30 @@ def test_diagnose_does_not_change_the_pod() -> None:
     before = repr(body)
     diagnose(body, NAME, "build")
     assert repr(body) == before
+
+
+def evicted(message: str) -> dict[str, Any]:
+    """A pod the kubelet evicted with `message`, as its eviction manager leaves it."""
+    return pod({"phase": "Failed", "reason": "Evicted", "message": message,
+                "conditions": [{"type": "DisruptionTarget", "status": "True",
+                                "reason": "TerminationByKubelet", "message": message}]})
+
+
+@pytest.mark.parametrize(("message", "storage"), [
+    pytest.param('Usage of EmptyDir volume "scratch" exceeds the limit "2Mi". ', True,
+                 id="empty-dir-over-size-limit"),
+    pytest.param('Container build exceeded its local ephemeral storage limit "1Gi". ', True,
+                 id="container-over-ephemeral-limit"),
+    pytest.param("Pod ephemeral local storage usage exceeds the total limit of containers 3Gi. ",
+                 True, id="pod-over-total-limit"),
+    pytest.param("The node was low on resource: ephemeral-storage. Threshold quantity: 1Gi, "
+                 "available: 512Mi. ", False, id="node-pressure-is-the-systems"),
+])
+def test_storage_evictions_are_the_jobs_failure(message: str, storage: bool) -> None:
+    """An eviction for storage the job wrote is the job's failure (exit 137) and the message
+    keeps the kubelet's words, limit included; node pressure stays the system's."""
+    death = diagnose(evicted(message), NAME, "build")
+    assert death is not None
+    assert message.strip() in death.message
+    assert death.storage_exit_code == (137 if storage else None)
+    assert death.oom_exit_code is None

@@ -64,14 +64,16 @@ def test_the_live_pod_is_unprivileged_labelled_bounded_and_sized(
     for container in spec.containers:
         assert container.security_context.privileged is False
         assert container.security_context.allow_privilege_escalation is False
-        assert "NET_RAW" in container.security_context.capabilities.drop
+        assert container.security_context.capabilities.drop == ["ALL"]
         mounts = {m.name: m.mount_path for m in container.volume_mounts}
         assert mounts["driver-logs"] == "/runner-driver-logs"
     found = {c.name: c.resources for c in spec.containers}
-    assert (found["build"].requests, found["build"].limits) == ({"cpu": "100m"},
-                                                                {"memory": "512Mi"})
-    assert (found["helper"].requests, found["helper"].limits) == ({"memory": "64Mi"},
-                                                                  {"cpu": "1"})
+    assert (found["build"].requests, found["build"].limits) == (
+        {"cpu": "100m", "ephemeral-storage": "1Gi"},
+        {"memory": "512Mi", "ephemeral-storage": "20Gi"})
+    assert (found["helper"].requests, found["helper"].limits) == (
+        {"memory": "64Mi", "ephemeral-storage": "256Mi"},
+        {"cpu": "1", "ephemeral-storage": "4Gi"})
 
 
 def test_helper_has_gitlab_runner_on_path(runner: Any) -> None:

@@ -19,15 +19,23 @@ from runner_driver.settings import Settings
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 
 
-def _sections() -> list[tuple[str, type[Any]]]:
-    """The settings model's sections: (name, dataclass), in declaration order."""
-    hints = typing.get_type_hints(Settings)
-    return [(f.name, hints[f.name]) for f in dataclasses.fields(Settings)
-            if dataclasses.is_dataclass(hints[f.name])]
+def _sections(cls: type[Any] = Settings, prefix: str = "") -> list[tuple[str, type[Any]]]:
+    """The settings model's tables, nested ones dotted: (name, dataclass), in order."""
+    hints = typing.get_type_hints(cls)
+    found: list[tuple[str, type[Any]]] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            found.append((f"{prefix}{f.name}", hints[f.name]))
+            found += _sections(hints[f.name], f"{prefix}{f.name}.")
+    return found
+
+
+def _is_table(cls: type[Any], name: str) -> bool:
+    return dataclasses.is_dataclass(typing.get_type_hints(cls)[name])
 
 
 SECTION_KEYS = [(section, f.name) for section, cls in _sections()
-                for f in dataclasses.fields(cls)]
+                for f in dataclasses.fields(cls) if not _is_table(cls, f.name)]
 
 
 def _write(tmp_path: Path, text: str, name: str = "config.toml") -> Path:
@@ -47,10 +55,11 @@ def _section_text(text: str, section: str) -> str:
 
 
 def test_model_has_the_documented_sections() -> None:
-    """The sections this test module introspects are the seven the example documents."""
-    assert [name for name, _ in _sections()] == ["kubernetes", "pod", "build", "helper",
-                                                 "logging", "agent", "manager"]
-    assert len(SECTION_KEYS) >= 17
+    """The tables this test module introspects are the eleven the example documents."""
+    assert [name for name, _ in _sections()] == [
+        "kubernetes", "pod", "build", "helper", "logging", "agent", "manager", "overrides",
+        "overrides.build", "overrides.helper", "security"]
+    assert len(SECTION_KEYS) >= 50
 
 
 def test_example_loads_to_the_built_in_defaults() -> None:
@@ -63,9 +72,12 @@ def test_example_loads_to_the_built_in_defaults() -> None:
 def test_example_sets_every_key_explicitly() -> None:
     """Every key of every section is set in the example (not left to the default)."""
     raw = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
-    assert set(raw) == {name for name, _ in _sections()}
+    assert set(raw) == {name for name, _ in _sections() if "." not in name}
     for section, cls in _sections():
-        assert set(raw[section]) == {f.name for f in dataclasses.fields(cls)}, section
+        table = raw
+        for part in section.split("."):
+            table = table[part]
+        assert set(table) == {f.name for f in dataclasses.fields(cls)}, section
 
 
 @pytest.mark.parametrize(("section", "key"), SECTION_KEYS,
@@ -534,8 +546,81 @@ def test_settings_are_frozen() -> None:
                          ids=[f"{section}.{key}" for section, key in SECTION_KEYS])
 def test_every_section_is_frozen(section: str, key: str) -> None:
     """Assigning to any key of any section raises and leaves the value unchanged."""
-    part = getattr(Settings(), section)
+    part: Any = Settings()
+    for name in section.split("."):
+        part = getattr(part, name)
     before = getattr(part, key)
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(part, key, before)
     assert getattr(part, key) == before
+
+
+# --- pod template and patch files ---------------------------------------------------------
+
+
+def test_template_and_patch_are_read_relative_to_the_settings_file(tmp_path: Path) -> None:
+    """`pod.template` and `pod.patch` name files next to the settings file; both are parsed
+    once at load, and `watched_files` lists them so an agent notices their change."""
+    (tmp_path / "pod.yaml").write_text("spec:\n  nodeSelector: {pool: ci}\n", encoding="utf-8")
+    (tmp_path / "patch.json").write_text('[{"op": "remove", "path": "/spec/x"}]',
+                                         encoding="utf-8")
+    path = _write(tmp_path, '[pod]\ntemplate = "pod.yaml"\npatch = "patch.json"\n')
+    loaded = settings.load(path)
+    assert loaded.pod_template == {"spec": {"nodeSelector": {"pool": "ci"}}}
+    assert loaded.pod_patch == ({"op": "remove", "path": "/spec/x"},)
+    assert loaded.watched_files() == [str(path), str(tmp_path / "pod.yaml"),
+                                      str(tmp_path / "patch.json")]
+
+
+@pytest.mark.parametrize(("files", "toml", "expected"), [
+    pytest.param({}, 'template = "missing.yaml"',
+                 "pod.template: {dir}/missing.yaml: No such file or directory", id="missing"),
+    pytest.param({"pod.yaml": "spec: [unclosed"}, 'template = "pod.yaml"',
+                 "pod.template: {dir}/pod.yaml: invalid YAML: ", id="bad-yaml"),
+    pytest.param({"pod.yaml": "- a\n- b\n"}, 'template = "pod.yaml"',
+                 "pod.template: {dir}/pod.yaml: expected a partial Pod (a YAML mapping), "
+                 "got a list", id="template-list"),
+    pytest.param({"patch.yaml": "op: remove\n"}, 'patch = "patch.yaml"',
+                 "pod.patch: {dir}/patch.yaml: expected a JSON Patch (a list of operations",
+                 id="patch-mapping"),
+])
+def test_unreadable_pod_files_name_the_key_and_file(tmp_path: Path, files: dict[str, str],
+                                                    toml: str, expected: str) -> None:
+    """A missing or malformed template or patch fails loading, naming the settings file, the
+    key and the file it points to."""
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    path = _write(tmp_path, f"[pod]\n{toml}\n")
+    with pytest.raises(ConfigError) as caught:
+        settings.load(path)
+    assert str(caught.value).startswith(f"reading driver config {path}: ")
+    assert expected.format(dir=tmp_path) in str(caught.value)
+
+
+@pytest.mark.parametrize(("toml", "expected"), [
+    pytest.param('[pod]\nscratch_size_limit = ""', "pod.scratch_size_limit: must not be empty",
+                 id="empty-size"),
+    pytest.param('[pod]\nbuilds_size_limit = "lots"',
+                 "pod.builds_size_limit: must be a storage quantity", id="bad-size"),
+    pytest.param('[build]\nephemeral_storage_limit = "1m"',
+                 "build.ephemeral_storage_limit: must be a storage quantity", id="milli-storage"),
+    pytest.param('[overrides.build]\nmemory_limit_max = "8 GB"',
+                 "overrides.build.memory_limit_max: must be a memory quantity", id="bad-cap"),
+    pytest.param('[overrides.helper]\ncpu_limit_max = "x"',
+                 "overrides.helper.cpu_limit_max: must be a CPU quantity", id="bad-cpu-cap"),
+    pytest.param('[overrides]\nnode_selector_keys = [""]',
+                 "overrides.node_selector_keys: must not hold empty patterns", id="empty-pattern"),
+    pytest.param('[security]\nexceptions = ["everything"]',
+                 "security.exceptions: unknown check 'everything'", id="unknown-exception"),
+    pytest.param('[helper]\nrun_as_user = -1', "helper.run_as_user: must be a user id",
+                 id="negative-uid"),
+    pytest.param('[overrides]\nbuild = "8Gi"', "overrides.build: expected a table, got a string",
+                 id="cap-not-table"),
+])
+def test_new_pod_keys_are_checked(tmp_path: Path, toml: str, expected: str) -> None:
+    """Size limits, ephemeral storage, caps, patterns and exceptions are checked at load,
+    naming the dotted key."""
+    path = _write(tmp_path, toml + "\n")
+    with pytest.raises(ConfigError) as caught:
+        settings.load(path)
+    assert str(caught.value).startswith(f"reading driver config {path}: {expected}")

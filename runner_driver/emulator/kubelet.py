@@ -3,10 +3,12 @@
 It writes back what a real kubelet would: image pulls (and `ErrImagePull` /
 `ImagePullBackOff` for images it cannot pull), `CreateContainerConfigError`, container
 states with exit codes and reasons (`Completed`, `Error`, `OOMKilled`, `StartError`),
-restarts, pod phases and conditions, events, the `activeDeadlineSeconds` deadline, and
-graceful deletion (SIGTERM, then SIGKILL after the grace period). Scheduling, garbage
-collection and namespace and node lifecycles are the control plane's (`controllers`).
-It runs on the emulator's event loop and must never block it.
+restarts, pod phases and conditions, events, the `activeDeadlineSeconds` deadline,
+evictions for local ephemeral storage limits (`storage`), memory-backed emptyDirs as
+sized tmpfs mounts, and graceful deletion (SIGTERM, then SIGKILL after the grace
+period). Scheduling, garbage collection and namespace and node lifecycles are the
+control plane's (`controllers`). It runs on the emulator's event loop and must never
+block it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import images, sandbox, volumes
+from . import images, sandbox, storage, volumes
 from .events import EventRecorder
 from .selectors import SelectorError, parse_quantity
 from .store import ApiError, Obj, Store, WatchEvent, now_rfc3339
@@ -44,7 +46,8 @@ class NodeSettings:
     name: str = "emulated-node"
     cpu: str = field(default_factory=lambda: str(os.cpu_count() or 2))
     memory: str = "8Gi"
-    ephemeral_storage: str = "20Gi"
+    # Room for 100+ job pods with their ephemeral-storage requests, as a real node disk.
+    ephemeral_storage: str = "200Gi"
     pods: str = "110"
     labels: dict[str, str] = field(default_factory=dict)
     taints: list[Obj] = field(default_factory=list)
@@ -55,6 +58,8 @@ class NodeSettings:
     pull_backoff_seconds: float = 1.0
     # How long a NotReady node keeps pods before evicting them (the default toleration).
     not_ready_eviction_seconds: float = 300.0
+    # How often the eviction manager measures pods' local storage (a real kubelet: 10s).
+    housekeeping_seconds: float = 1.0
 
 
 def _uuid() -> str:
@@ -98,6 +103,7 @@ class ContainerRun:
     container_id: str = ""
     forced_reason: str | None = None
     oom_baseline: int = 0
+    disk: storage.ContainerDisk | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     log_writers: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -125,6 +131,7 @@ class PodRun:
     status_reason: str | None = None
     status_message: str | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tmpfs: list[Path] = field(default_factory=list)  # memory-backed emptyDirs mounted
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -194,6 +201,7 @@ class Kubelet:
                              "kubeProxyVersion": ""},
             }})
         self.spawn(self._periodic())
+        self.spawn(self._housekeeping())
 
     def node_conditions(self, ready: bool) -> list[Obj]:
         stamp = now_rfc3339()
@@ -259,6 +267,53 @@ class Kubelet:
                 self.events.record(pod, "Normal", "DeadlineExceeded", run.status_message)
                 self.spawn(self._terminate(run, float(pod["spec"].get(
                     "terminationGracePeriodSeconds", 30)), remove=False))
+
+    async def _housekeeping(self) -> None:
+        """Enforce local ephemeral storage limits, as the eviction manager's loop does.
+
+        Measuring walks every limited pod's directories (about 2 ms for a job pod), so
+        rounds are spaced to keep it under a tenth of the time however many pods run.
+        """
+        delay = self.settings.housekeeping_seconds
+        while not self.closing:
+            await asyncio.sleep(delay)
+            started = time.monotonic()
+            await self._enforce_storage_limits()
+            delay = max(self.settings.housekeeping_seconds, 9 * (time.monotonic() - started))
+
+    async def _enforce_storage_limits(self) -> None:
+        plans: list[tuple[PodRun, storage.Plan]] = []
+        for run in list(self.runs.values()):
+            pod = self._pod(run)
+            if pod is None or run.terminating or run.status_reason or not run.started_at \
+                    or pod["status"].get("phase") in ("Succeeded", "Failed"):
+                continue
+            disks = {c.name: c.disk for c in run.containers.values() if c.disk is not None}
+            what = storage.plan(pod, run.directory, disks)
+            if what is not None:
+                plans.append((run, what))
+        if not plans:
+            return  # no pod has a limit: nothing is measured
+        usages = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: [storage.measure(what) for _, what in plans])
+        for (run, _), usage in zip(plans, usages, strict=True):
+            pod = self._pod(run)
+            message = storage.violation(pod, usage) if pod is not None else None
+            if pod is not None and message and not run.terminating and not run.status_reason:
+                self._evict(run, pod, message)
+
+    def _evict(self, run: PodRun, pod: Obj, message: str) -> None:
+        """Evict a pod for a local storage limit, as the eviction manager does.
+
+        A Warning `Evicted` event, then phase Failed with reason Evicted (and no
+        DisruptionTarget condition, which it sets only for node pressure), then the
+        containers killed with a one-second grace period.
+        """
+        run.status_reason = "Evicted"
+        run.status_message = message
+        self.events.record(pod, "Warning", "Evicted", message)
+        self.publish(run)
+        self.spawn(self._terminate(run, storage.EVICTION_GRACE_SECONDS, remove=False))
 
     # API-facing operations
 
@@ -421,7 +476,7 @@ class Kubelet:
                 waiting += 1
         init_failed = any("terminated" in c.state and c.state["terminated"]["exitCode"] != 0
                           for c in inits) and policy == "Never"
-        if run.status_reason == "DeadlineExceeded" or init_failed:
+        if run.status_reason in ("DeadlineExceeded", "Evicted") or init_failed:
             phase = "Failed"
         elif waiting or not mains:
             phase = "Pending"
@@ -542,11 +597,21 @@ class Kubelet:
                 if problem:
                     break
             if problem is None:
+                self._mount_memory_volumes(run, pod)
                 return True
             self.events.record(pod, "Warning", "FailedMount", problem)
             await wait_event(run.stop, delay)
             delay = min(delay * 2, 10)
         return False
+
+    def _mount_memory_volumes(self, run: PodRun, pod: Obj) -> None:
+        """Back each `medium: Memory` emptyDir with a tmpfs of the kubelet's size."""
+        for volume in pod["spec"].get("volumes") or []:
+            if (volume.get("emptyDir") or {}).get("medium") == "Memory":
+                target = run.directory / "volumes" / volume["name"]
+                size = storage.memory_volume_size(pod, volume, self.settings.memory)
+                if target not in run.tmpfs and storage.mount_tmpfs(target, size):
+                    run.tmpfs.append(target)
 
     def _base_env(self, pod: Obj, profile: images.ImageProfile) -> dict[str, str]:
         env = dict(profile.env)
@@ -592,6 +657,8 @@ class Kubelet:
         c.termination_log.write_bytes(b"")
         c.log_path = base / "container.log"
         c.log_path.touch()
+        # What the image put in the root is not the container's writable layer.
+        c.disk = storage.ContainerDisk(c.rootfs, storage.disk_usage(c.rootfs), c.log_path)
         security = c.spec.get("securityContext") or {}
         caps = set(sandbox.DEFAULT_CAPABILITIES)
         if security.get("privileged"):
@@ -858,6 +925,8 @@ class Kubelet:
             if c.sandbox is not None:
                 sandbox.remove_cgroup(c.sandbox.cgroup)
         self.runs.pop((run.namespace, run.name), None)
+        for target in run.tmpfs:
+            storage.unmount(target)
         await asyncio.get_running_loop().run_in_executor(
             None, lambda: shutil.rmtree(run.directory, ignore_errors=True))
         if self._pod(run) is not None:
@@ -880,6 +949,8 @@ class Kubelet:
                 _close_pidfd(c)
                 if c.sandbox is not None:
                     sandbox.remove_cgroup(c.sandbox.cgroup)
+            for target in run.tmpfs:
+                storage.unmount(target)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -167,6 +167,11 @@ def _aggregate(spec: Mapping[str, Any], which: int) -> Usage:
     return result
 
 
+def pod_limits(spec: Mapping[str, Any]) -> Usage:
+    """A pod's limits as `PodLimits` computes them (the kubelet's eviction manager)."""
+    return _aggregate(spec, 1)
+
+
 def _is_extended(name: str) -> bool:
     """Neither a native resource nor already a quota name (`example.com/gpu`)."""
     return "/" in name and "kubernetes.io/" not in name and not name.startswith("requests.")

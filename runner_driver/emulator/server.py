@@ -1,7 +1,8 @@
 """The emulated API server: Kubernetes REST, watches and logs over real HTTP.
 
 It serves what the official Python client and kubectl use (legacy discovery, core v1
-CRUD with Status errors, server-side Table printing for `kubectl get`, chunked
+CRUD with Status errors and `fieldValidation` with its `Warning` headers
+(`fieldvalidation`), server-side Table printing for `kubectl get`, chunked
 watches with bookmarks and 410, `pods/log` with follow) and routes `pods/exec` to
 `execstream`, plus an admin API under `/emulator/` for fault injection. Requests
 become store, kubelet and control-plane operations; this module holds no cluster
@@ -14,16 +15,18 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import contextvars
 import copy
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp import web
 
-from . import patches, podspec, protobuf, quota, tables
+from . import fieldvalidation, patches, podspec, protobuf, quota, tables
 from .controllers import ControlPlane
 from .execstream import EXEC_PROTOCOLS, ExecEndpoint, drop
 from .faults import ExecCut, Faults, RequestFault
@@ -35,6 +38,12 @@ log = logging.getLogger("runner_driver.emulator")
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The warnings the request being handled answers with as `Warning` headers.
+WARNINGS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "runner_driver_warnings", default=None)
+OPENAPI_HASH = "0" * 128  # the one OpenAPI document never changes
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 def status_response(error: ApiError) -> web.Response:
@@ -57,6 +66,8 @@ class ApiServer:
         self._streams: set[web.StreamResponse] = set()
         self.exec = ExecEndpoint(kubelet, faults, self._streams, exec_protocols)
         self.closing = asyncio.Event()
+        # Load the field schemas now (once per process), not on the first create.
+        fieldvalidation.kind_schema(self.version, "Pod")
 
     def app(self) -> web.Application:
         """The aiohttp application with every route."""
@@ -72,6 +83,8 @@ class ApiServer:
         r.add_get("/apis/", self._api_groups)
         r.add_get("/api/v1", self._api_resources)
         r.add_get("/api/v1/", self._api_resources)
+        r.add_get("/openapi/v3", self._openapi_root)
+        r.add_get("/openapi/v3/api/v1", self._openapi_v1)
         r.add_route("*", "/api/v1/namespaces/{namespace}/pods/{name}/exec", self.exec.handle)
         r.add_route("*", "/api/v1/namespaces/{namespace}/pods/{name}/log", self._log)
         r.add_post("/api/v1/namespaces/{namespace}/pods/{name}/eviction", self._eviction)
@@ -127,6 +140,8 @@ class ApiServer:
         fault = self.faults.take_request_fault(request.method, request.path)
         entry = self.faults.record(request.method, request.path, verb, resource)
         status = 0
+        warnings: list[str] = []
+        token = WARNINGS.set(warnings)
         try:
             if fault is not None:
                 if fault.latency:
@@ -158,8 +173,12 @@ class ApiServer:
                 else:
                     raise
             status = result.status
+            if warnings and not result.prepared:
+                for header in fieldvalidation.warning_headers(warnings):
+                    result.headers.add("Warning", header)
             return result
         finally:
+            WARNINGS.reset(token)
             entry.status = status
 
     # Discovery
@@ -209,6 +228,34 @@ class ApiServer:
         return web.json_response({"kind": "APIResourceList", "groupVersion": "v1",
                                   "resources": resources})
 
+    async def _openapi_root(self, request: web.Request) -> web.Response:
+        """OpenAPI v3 discovery: one group version, the core one."""
+        return web.json_response({"paths": {"api/v1": {
+            "serverRelativeURL": f"/openapi/v3/api/v1?hash={OPENAPI_HASH}"}}})
+
+    async def _openapi_v1(self, request: web.Request) -> web.Response:
+        """The core group's OpenAPI v3 paths, only as far as clients look at them.
+
+        kubectl (`QueryParamVerifierV3`) reads each kind's PATCH operation to learn
+        whether the server takes `fieldValidation` before it sends `Strict`; without
+        this document `kubectl create -f` and `apply -f` refuse to run. Schemas are not
+        served (`components` is empty).
+        """
+        params = [{"name": name, "in": "query", "schema": {"type": "string",
+                                                           "uniqueItems": True}}
+                  for name in ("dryRun", "fieldManager", "fieldValidation", "force")]
+        paths = {}
+        for spec in RESOURCES.values():
+            prefix = "/api/v1/namespaces/{namespace}/" if spec.namespaced else "/api/v1/"
+            paths[f"{prefix}{spec.name}/{{name}}"] = {"patch": {
+                "parameters": params, "responses": {},
+                "x-kubernetes-action": "patch",
+                "x-kubernetes-group-version-kind": {"group": "", "version": "v1",
+                                                    "kind": spec.kind}}}
+        return web.json_response({"openapi": "3.0.0", "paths": paths,
+                                  "info": {"title": "Kubernetes", "version": self.version},
+                                  "components": {"schemas": {}}})
+
     # CRUD
 
     def _resource(self, request: web.Request) -> tuple[str, str]:
@@ -234,17 +281,52 @@ class ApiServer:
         return lambda obj: labels(obj["metadata"].get("labels") or {}) and fields(obj)
 
     async def _body(self, request: web.Request) -> Obj:
-        if request.content_type == "application/vnd.kubernetes.protobuf":
-            return protobuf.decode(await request.read())
+        body: Obj = (await self._decode(request))[0]
+        return body
+
+    async def _decode(self, request: web.Request, patch: bool = False
+                      ) -> tuple[Any, fieldvalidation.Repeated, bool]:
+        """The request body, its repeated keys, and whether strict decoding applies.
+
+        A protobuf body is never strictly decoded (the API server has no strict
+        protobuf serializer); a JSON patch may be a list.
+        """
+        if request.content_type == "application/vnd.kubernetes.protobuf" and not patch:
+            return protobuf.decode(await request.read()), {}, False
         try:
-            body = await request.json()
+            body, repeated = fieldvalidation.loads(await request.read())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ApiError(400, "BadRequest", f"the body of the request was in an unknown "
                            f"format - accepted media types include: application/json: "
                            f"{error}") from error
-        if not isinstance(body, dict):
+        if not isinstance(body, dict) and not (patch and isinstance(body, list)):
             raise ApiError(400, "BadRequest", "the body of the request must be an object")
-        return body
+        return body, repeated, True
+
+    def _check_fields(self, directive: str, kind: str, body: Obj,
+                      repeated: fieldvalidation.Repeated) -> None:
+        """Strictly decode a create or update body.
+
+        Unknown fields are dropped in every mode; the directive then refuses (400),
+        warns or says nothing.
+        """
+        if body.get("kind") not in (None, kind):
+            return  # refused as a kind mismatch in any mode
+        errors = fieldvalidation.check(self.version, kind, body, repeated)
+        self._apply_directive(directive, errors,
+                              lambda: fieldvalidation.decode_error(kind, "v1", errors))
+
+    @staticmethod
+    def _apply_directive(directive: str, errors: list[str],
+                         refusal: Callable[[], ApiError]) -> None:
+        """Refuse (Strict), record the request's warnings (Warn) or do nothing (Ignore)."""
+        if not errors or directive == fieldvalidation.IGNORE:
+            return
+        if directive == fieldvalidation.STRICT:
+            raise refusal()
+        warnings = WARNINGS.get()
+        if warnings is not None:
+            warnings.extend(errors)
 
     async def _collection(self, request: web.Request) -> web.StreamResponse:
         resource, namespace = self._resource(request)
@@ -266,7 +348,11 @@ class ApiServer:
                                       "apiVersion": "v1",
                                       "metadata": {"resourceVersion": str(rv)}, "items": items})
         if request.method == "POST":
-            body = await self._body(request)
+            directive = fieldvalidation.directive(request.query.get("fieldValidation"),
+                                                  "CreateOptions")
+            body, repeated, typed = await self._decode(request)
+            if typed:
+                self._check_fields(directive, RESOURCES[resource].kind, body, repeated)
             created = self._create(resource, namespace, body,
                                    dry_run=request.query.get("dryRun") == "All")
             return web.json_response(created, status=201)
@@ -406,17 +492,17 @@ class ApiServer:
                                           options.get("preconditions") or {})
             return web.json_response(self._delete(resource, namespace, name, grace))
         if request.method in ("PUT", "PATCH"):
-            body = await self._body(request) if request.method == "PUT" else None
+            kind = RESOURCES[resource].kind
+            directive = fieldvalidation.directive(
+                request.query.get("fieldValidation"),
+                "UpdateOptions" if request.method == "PUT" else "PatchOptions")
+            body, repeated, typed = await self._decode(request, patch=request.method == "PATCH")
             current = self.store.get(resource, namespace, name)
             if request.method == "PATCH":
-                content_type = request.content_type
-                patch = await request.json()
-                if content_type == "application/json-patch+json":
-                    updated = patches.json_patch(current, patch)
-                else:
-                    updated = patches.merge_patch(current, patch)
+                updated = self._patched(request, directive, kind, current, body, repeated)
             else:
-                assert body is not None
+                if typed:
+                    self._check_fields(directive, kind, body, repeated)
                 updated = body
             # A resourceVersion in the body (sent by a PUT, or set by a patch) is a
             # precondition on the stored version.
@@ -430,6 +516,37 @@ class ApiServer:
             return web.json_response(self._update(resource, namespace, name, current, updated))
         raise ApiError(405, "MethodNotAllowed",
                        "the server does not allow this method on the requested resource")
+
+    def _patched(self, request: web.Request, directive: str, kind: str, current: Obj,
+                 patch: Any, repeated: fieldvalidation.Repeated) -> Obj:
+        """Apply a patch, then strictly decode the patched object as patch.go does.
+
+        The patch body's own duplicate keys (and, for a JSON patch, unknown operation
+        fields) come first; the patched object's unknown fields follow and are dropped.
+        """
+        content_type = request.content_type
+        errors: list[str] = []
+        if directive != fieldvalidation.IGNORE and content_type == JSON_PATCH:
+            errors = fieldvalidation.json_patch_errors(patch, repeated)
+        elif directive != fieldvalidation.IGNORE:
+            errors = fieldvalidation.duplicates(patch, repeated)
+        if content_type == JSON_PATCH:
+            if not isinstance(patch, list):
+                raise ApiError(400, "BadRequest", "the body of the request must be a list")
+            updated = patches.json_patch(current, patch)
+        else:
+            if not isinstance(patch, dict):
+                raise ApiError(400, "BadRequest", "the body of the request must be an object")
+            updated = patches.merge_patch(current, patch)
+        # A refusal shows the patched object with its unknown fields (JSON and merge
+        # patches) or the patch map (strategic merge patches), as patch.go's field.Invalid.
+        shown = "" if directive != fieldvalidation.STRICT else (
+            fieldvalidation.go_format(patch) if content_type == STRATEGIC_MERGE_PATCH
+            else json.dumps(updated, separators=(",", ":")))
+        errors += fieldvalidation.check(self.version, kind, updated, {})
+        self._apply_directive(directive, errors,
+                              lambda: fieldvalidation.patch_error(shown, errors))
+        return updated
 
     def _update(self, resource: str, namespace: str, name: str, current: Obj,
                 updated: Obj) -> Obj:

@@ -75,7 +75,10 @@ class Cluster:
         def attempt() -> Any:
             nonlocal reached
             try:
-                return self._once(what, "POST", rest.pods(self.namespace), body=manifest)
+                # Strict: a field the API server does not know (a template's typo) is
+                # refused with its path instead of silently dropped.
+                return self._once(what, "POST", rest.pods(self.namespace),
+                                  query=[("fieldValidation", "Strict")], body=manifest)
             except ClusterError as error:
                 reached = reached or not error.unsent
                 raise

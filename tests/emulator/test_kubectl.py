@@ -575,3 +575,34 @@ def test_kubectl_generators_send_protobuf_that_the_api_decodes(
     assert account.returncode == 0, account.stderr
     assert core.read_namespaced_service_account("builder", namespace).metadata.name == "builder"
     kubectl("delete", "namespace", extra, "--wait=false")
+
+
+def test_create_from_a_manifest_refuses_unknown_fields_like_a_real_server(
+        kubectl: Kubectl, core: client.CoreV1Api, namespace: str) -> None:
+    """`kubectl create -f` sends fieldValidation=Strict and prints the server's refusal."""
+    manifest = json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "typo"},
+                           "spec": {"restartPolicy": "Nevr", "nodeSelecter": {"a": "b"},
+                                    "containers": [{"name": "main", "image": KANIKO}]}})
+    refused = kubectl("create", "-n", namespace, "-f", "-", input=manifest.encode())
+    assert refused.returncode == 1
+    assert refused.stderr == (b'Error from server (BadRequest): error when creating "STDIN": '
+                              b'Pod in version "v1" cannot be handled as a Pod: strict decoding '
+                              b'error: unknown field "spec.nodeSelecter"\n')
+    assert core.list_namespaced_pod(namespace).items == []
+
+
+def test_create_with_validate_warn_prints_the_server_warnings(
+        kubectl: Kubectl, core: client.CoreV1Api, namespace: str) -> None:
+    """`--validate=warn`: created without the field, each one shown as a `Warning:` line."""
+    manifest = json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "typo"},
+                           "spec": {"restartPolicy": "Never", "nodeSelecter": {"a": "b"},
+                                    "containers": [{"name": "main", "image": KANIKO,
+                                                    "command": ["/busybox/true"],
+                                                    "comand": ["true"]}]}})
+    created = kubectl("create", "--validate=warn", "-n", namespace, "-f", "-",
+                      input=manifest.encode())
+    assert created.returncode == 0, created.stderr
+    assert created.stdout == b"pod/typo created\n"
+    assert created.stderr == (b'Warning: unknown field "spec.containers[0].comand"\n'
+                              b'Warning: unknown field "spec.nodeSelecter"\n')
+    assert core.read_namespaced_pod("typo", namespace).spec.node_selector is None
