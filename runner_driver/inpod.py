@@ -47,137 +47,175 @@ OURS = """ours() { [ -n "$1" ] && [ "${RUNNER_DRIVER_NONCE:-}" = "$1" ]; }"""
 NOT_OURS = ("this pod belongs to another job: its nonce does not match the one minted "
             "for this job")
 
+def _compact(program: str) -> str:
+    """`program` without indentation: it travels percent-encoded in the exec URL, where
+    each space costs three bytes and proxies limit URLs to about 8 KiB."""
+    return "\n".join(line.strip() for line in program.splitlines()) + "\n"
+
+
+# Stage output is kept in the pod in chunks of this many bytes, so the part already
+# delivered can be removed while a long stage goes on printing.
+CHUNK_BYTES = 8 * 1024 * 1024
+
 # `run`: start a stage script detached from the exec, then follow its output.
 # $1 is the script's size in bytes, sent on stdin ("-" when only following), $2 the
 # stage id, $3 the byte offset of the output already received, $4 the supervisor, $5
-# the job's nonce, $6 the container's name (the key of its remembered shell; optional).
+# the job's nonce, $6 the container's name (the key of its remembered shell; may be
+# empty), $7 the chunk size (default CHUNK_BYTES).
 # The script is read in full (stdin is never closed: v4 exec cannot) and kept only in
 # an unlinked file on the memory volume. `mkdir` of the claim directory is atomic, so
 # a stage starts at most once however often the driver reconnects. The supervisor runs
-# the script with stdout and stderr merged into the log file (as the runner's job log
-# merges them) and writes the exit code to the status file by rename, so it is read
-# whole or not at all. Following: `cat` on a descriptor opened once reads exactly up
-# to the current end and advances it, so nothing is sent twice or skipped; the status
-# file is checked before reading, so all output is sent before the exit line.
+# the script with stdout and stderr merged (as the runner's job log merges them) into a
+# relay that cuts the output into chunk files named by the byte offset they start at
+# (ID.log.0, ID.log.4711, ...), each at most $7 bytes, and writes the exit code to the
+# status file by rename once the relay has written everything, so it is read whole or
+# not at all. Following: `cat` on a descriptor opened once reads exactly up to the
+# current end and advances it, so nothing is sent twice or skipped; a chunk is
+# complete once the next one exists. Delivered output is trimmed: on each move to the
+# next chunk, the chunks that end more than $7 bytes before it are removed, so a
+# reconnect finds what the connection had in flight and the pod keeps at most about
+# three chunks' worth of a stage's output, however much it prints. The status file is checked
+# before reading, so all output is sent before the exit line. A script that exits
+# while processes it left in the background still hold its output open is reported
+# after about a second (their later output is not part of the stage).
 # Control lines go to stderr: started/attached, alive (a heartbeat every ~5 s, so
 # the driver can tell a silent script from a dead link), exit N, truncated (send
-# again), error TEXT. A stage whose script and supervisor are both gone without a
-# status (killed by the script itself, e.g. `kill -9 -1`, even before the supervisor
-# recorded the script's pid) is reported after two heartbeats. The launcher that
-# starts the stage records the supervisor's pid, so a supervisor still starting the
-# script counts as running. Script copies of launchers that died before unlinking
-# them are removed when the next stage starts.
-STAGE_LAUNCHER = f"""n=$1; id=$2; offset=$3
-run={RUN_DIR}; log={LOG_DIR}/$id.log; status=$run/$id.status; pidfile=$run/$id.pid
+# again), gap N (the output before byte N was trimmed: follow again from N), error
+# TEXT. A stage whose script and supervisor are both gone without a status (killed by
+# the script itself, e.g. `kill -9 -1`, even before the supervisor recorded the
+# script's pid) is reported after two heartbeats. The launcher that starts the stage
+# records the supervisor's pid, so a supervisor still starting the script counts as
+# running. Script copies of launchers that died before unlinking them, and the files
+# of earlier stages, are removed when the next stage starts.
+STAGE_LAUNCHER = _compact(f"""n=$1; id=$2; off=$3; chunk=${{7:-{CHUNK_BYTES}}}
+run={RUN_DIR}; log={LOG_DIR}/$id.log; st=$run/$id.status; pf=$run/$id.pid
 sup=$run/$id.sup
 {RUNNING}
 {OURS}
-if ! ours "$5"; then echo "runner-driver-stage: error {NOT_OURS}" >&2; exit 3; fi
-[ -d "$run" ] && [ -d {LOG_DIR} ] || mkdir -p "$run" {LOG_DIR} || exit 5
+say() {{ echo "runner-driver-stage: $*" >&2; }}
+scan() {{ le=; gt=; for part in $log.*; do [ -e $part ] || continue; k=${{part##*.}}
+  if [ $k -le $1 ]; then [ -n "$le" ] && [ $k -le $le ] || le=$k
+  elif [ -z "$gt" ] || [ $k -lt $gt ]; then gt=$k; fi; done; }}
+if ! ours "$5"; then say error {NOT_OURS}; exit 3; fi
+[ -d $run ] && [ -d {LOG_DIR} ] || mkdir -p $run {LOG_DIR} || exit 5
 if [ "$n" != - ]; then
-  script=$run/$id.sh.$$
-  if ! (umask 077 && head -c "$n" > "$script"); then
-    rm -f "$script"; echo "runner-driver-stage: error cannot store the script in $run" >&2
-    exit 5
+  scr=$run/$id.sh.$$
+  if ! (umask 077 && head -c $n > $scr); then
+    rm -f $scr; say error cannot store the script in $run; exit 5
   fi
-  if [ "$(($(wc -c < "$script")))" -ne "$n" ]; then
-    rm -f "$script"; echo "runner-driver-stage: truncated" >&2; exit 4
-  fi
-  if mkdir "$run/$id.claim" 2>/dev/null; then
-    for copy in "$run"/*.sh.*; do
-      [ -e "$copy" ] && [ "$copy" != "$script" ] || continue
-      running "${{copy##*.}}" || rm -f "$copy"
+  if [ $(($(wc -c < $scr))) -ne $n ]; then rm -f $scr; say truncated; exit 4; fi
+  if mkdir $run/$id.claim 2>/dev/null; then
+    for copy in $run/*.sh.*; do
+      [ -e $copy ] && [ $copy != $scr ] || continue
+      running ${{copy##*.}} || rm -f $copy
     done
-    for done in "$run"/*.status; do
-      [ -e "$done" ] || continue
+    for done in $run/*.status; do
+      [ -e $done ] || continue
       old=${{done##*/}}; old=${{old%.status}}
-      [ "$old" = "$id" ] || rm -rf "$run/$old.claim" "$done" "$run/$old.sup" "{LOG_DIR}/$old.log"
+      [ $old = $id ] || rm -rf $run/$old.claim $done $done.rc $run/$old.sup \\
+        $run/$old.copied {LOG_DIR}/$old.log.*
     done
-    : > "$log"
-    exec 4< "$script"
-    rm -f "$script"
-    shell=; cache=${{6:+$run/shell-$6}}
-    if [ -n "$cache" ] && [ -r "$cache" ]; then read -r shell < "$cache" || shell=; fi
-    if [ -z "$shell" ] || [ ! -x "$shell" ]; then
-      shell=/busybox/sh
-      for candidate in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/bin/sh /bin/sh; do
-        if [ -x "$candidate" ] && "$candidate" -c : </dev/null >/dev/null 2>&1; then
-          shell=$candidate; break
+    : > $log.0
+    exec 4< $scr
+    rm -f $scr
+    sh1=; cf=${{6:+$run/shell-$6}}
+    if [ -n "$cf" ] && [ -r $cf ]; then read -r sh1 < $cf || sh1=; fi
+    if [ -z "$sh1" ] || [ ! -x "$sh1" ]; then
+      sh1=/busybox/sh
+      for cand in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/bin/sh /bin/sh; do
+        if [ -x $cand ] && $cand -c : </dev/null >/dev/null 2>&1; then
+          sh1=$cand; break
         fi
       done
-      if [ -n "$cache" ]; then echo "$shell" > "$cache"; fi
+      if [ -n "$cf" ]; then echo $sh1 > $cf; fi
     fi
-    if command -v setsid >/dev/null 2>&1; then
-      setsid sh -c "$4" runner-driver-supervise "$id" "$shell" </dev/null >>"$log" 2>&1 &
-    else
-      sh -c "$4" runner-driver-supervise "$id" "$shell" </dev/null >>"$log" 2>&1 &
-    fi
-    echo "$!" > "$sup"
+    set -- "$4" runner-driver-supervise $id $sh1 $chunk
+    if command -v setsid >/dev/null; then setsid sh -c "$@" </dev/null >/dev/null 2>&1 &
+    else sh -c "$@" </dev/null >/dev/null 2>&1 & fi
+    echo $! > $sup
     exec 4<&-
-    echo "runner-driver-stage: started" >&2
+    say started
   else
-    rm -f "$script"
-    echo "runner-driver-stage: attached" >&2
+    rm -f $scr; say attached
   fi
-elif [ -d "$run/$id.claim" ]; then
-  echo "runner-driver-stage: attached" >&2
-else
-  echo "runner-driver-stage: error stage $id was never started in this pod" >&2; exit 3
+elif [ -d $run/$id.claim ]; then say attached
+else say error stage $id was never started in this pod; exit 3
 fi
-i=0
-while [ ! -e "$log" ]; do
-  i=$((i + 1))
-  if [ "$i" -gt 100 ]; then
-    echo "runner-driver-stage: error stage $id has no output file" >&2; exit 3
-  fi
+w=0
+while scan $off; [ -z "$le" ]; do
+  if [ -n "$gt" ]; then say gap $gt; exit 0; fi
+  w=$((w + 1))
+  if [ $w -gt 100 ]; then say error stage $id has no output file; exit 3; fi
   sleep 0.1
 done
-exec 3< "$log"
-if [ "$offset" -gt 0 ]; then dd bs=1 skip="$offset" count=0 <&3 2>/dev/null || exit 6; fi
-ticks=0; quiet=0
+cur=$le; skip=$((off - cur))
+exec 3< $log.$cur
+if [ $skip -gt 0 ]; then dd bs=1 skip=$skip count=0 <&3 2>/dev/null || exit 6; fi
+tk=0; qt=0; left=0
 while :; do
-  if [ -e "$status" ]; then finished=1; else finished=0; fi
+  if [ -e $st ]; then fin=1; else fin=0; fi
   cat <&3 || exit 6
-  if [ "$finished" = 1 ]; then
-    read -r rc < "$status"; echo "runner-driver-stage: exit $rc" >&2; exit 0
+  scan $cur
+  if [ -n "$gt" ]; then
+    cat <&3 || exit 6
+    cur=$gt; exec 3< $log.$cur
+    scan $((cur - chunk)); old=
+    for part in $log.*; do
+      [ -n "$le" ] && [ -e $part ] && [ ${{part##*.}} -lt $le ] && old="$old $part"
+    done
+    [ -z "$old" ] || rm -f $old
+    continue
   fi
-  ticks=$((ticks + 1))
-  if [ "$ticks" -le 5 ]; then sleep 0.002
-  elif [ "$ticks" -le 10 ]; then sleep 0.01
-  elif [ "$ticks" -le 20 ]; then sleep 0.02
-  elif [ "$ticks" -le 30 ]; then sleep 0.05
+  if [ $fin = 1 ]; then read -r rc < $st; say exit $rc; exit 0; fi
+  if [ -s $st.rc ]; then
+    left=$((left + 1))
+    if [ $left -gt 30 ]; then mv -f $st.rc $st 2>/dev/null; continue; fi
+  fi
+  tk=$((tk + 1))
+  if [ $tk -le 5 ]; then sleep 0.002
+  elif [ $tk -le 10 ]; then sleep 0.01
+  elif [ $tk -le 20 ]; then sleep 0.02
+  elif [ $tk -le 30 ]; then sleep 0.05
   else sleep 0.1
   fi
-  if [ $((ticks % 50)) -eq 0 ]; then
-    echo "runner-driver-stage: alive" >&2
-    if [ -e "$status" ] || running "$(cat "$pidfile" 2>/dev/null)" \
-        || running "$(cat "$sup" 2>/dev/null)"; then
-      quiet=0
-    else
-      quiet=$((quiet + 1))
-    fi
-    if [ "$quiet" -ge 2 ]; then
-      echo "runner-driver-stage: error stage $id is not running and left no exit status" >&2
-      exit 3
+  if [ $((tk % 50)) -eq 0 ]; then
+    say alive
+    if [ -e $st ] || running "$(cat $pf 2>/dev/null)" \\
+        || running "$(cat $sup 2>/dev/null)"; then qt=0; else qt=$((qt + 1)); fi
+    if [ $qt -ge 2 ]; then
+      say error stage $id is not running and left no exit status; exit 3
     fi
   fi
 done
-"""
+""")
 
-# Runs detached from any exec, with the script on fd 4 and output going to the log:
-# starts the script in its own session (so a cancel can signal its whole process
-# group), records the group in the pid file, and the exit code in the status file.
-STAGE_SUPERVISOR = f"""id=$1; shell=$2
-status={RUN_DIR}/$id.status; pidfile={RUN_DIR}/$id.pid
-if command -v setsid >/dev/null 2>&1; then setsid "$shell" <&4 4<&- &
-else "$shell" <&4 4<&- & fi
-child=$!
-exec 4<&-
-echo "$child" > "$pidfile.tmp" && mv -f "$pidfile.tmp" "$pidfile"
-wait "$child"; rc=$?
-echo "$rc" > "$status.tmp" && mv -f "$status.tmp" "$status"
-rm -f "$pidfile"
-"""
+# Runs detached from any exec, with the script on fd 4: starts the script in its own
+# session (so a cancel can signal its whole process group) with its output into a pipe,
+# records the group in the pid file and the exit code in ID.status.rc. The relay on the
+# pipe's other end copies the output as it comes (`dd` writes each read at once; `head`
+# and `split` buffer) into chunk files named by the byte offset they start at, each at
+# most $3 bytes (2048 reads of up to 4 KiB: streaming, and few files for output that
+# comes a line at a time), and ends at an empty chunk; then it renames the exit
+# code to the status file, so the status exists only once all output is on disk. A
+# chunk's size comes from dd's own summary (its first word: the bytes copied), else
+# from `wc`. If the follower gave up waiting for the end (background processes hold
+# the pipe) and wrote the status itself, the relay discards what they print.
+STAGE_SUPERVISOR = _compact(f"""id=$1; chunk=$3; log={LOG_DIR}/$id.log; status={RUN_DIR}/$id.status
+pidfile={RUN_DIR}/$id.pid; copied={RUN_DIR}/$id.copied
+(if command -v setsid >/dev/null; then setsid "$2" <&4 4<&- & else "$2" <&4 4<&- & fi
+child=$!; exec 4<&-
+echo $child > $pidfile.tmp && mv -f $pidfile.tmp $pidfile
+wait $child; echo $? > $status.rc; rm -f $pidfile) 2>&1 | {{
+exec 4<&-; bs=4096; [ $chunk -ge $bs ] || bs=$chunk; reads=$((chunk / bs)); start=0
+while :; do
+  if [ -e $status ]; then exec cat > /dev/null; fi
+  dd bs=$bs count=$reads of=$log.$start 2> $copied; [ -s $log.$start ] || break
+  size=; {{ read -r _ && read -r _ && read -r size _; }} < $copied
+  case $size in ''|*[!0-9]*) size=$(($(wc -c < $log.$start)));; esac
+  start=$((start + size))
+done
+rm -f $copied; mv -f $status.rc $status 2>/dev/null; }}
+""")
 
 # Stop a stage started by STAGE_LAUNCHER: TERM to its process group (the generated
 # script traps it and exits 1), KILL after $2 tenths of a second. A stage that is
@@ -199,7 +237,7 @@ exit 0
 
 
 def launcher_argv(script_size: int | None, stage_id: str, offset: int, nonce: str,
-                  container: str = "") -> list[str]:
+                  container: str = "", chunk_bytes: int = CHUNK_BYTES) -> list[str]:
     """Exec argv that starts (once) and follows the stage `stage_id` from byte `offset`.
 
     `script_size` is the size of the script sent on stdin; None only follows a stage
@@ -207,10 +245,12 @@ def launcher_argv(script_size: int | None, stage_id: str, offset: int, nonce: st
     `nonce`. (The nonce is no secret: it is on the pod's label.) With `container`, the
     shell it finds there is remembered for the container's later stages: probing runs
     a shell, a few milliseconds per stage in a dynamically linked userland.
+    `chunk_bytes` sets the size of the output chunks kept in the pod (tests use small
+    ones).
     """
     size = "-" if script_size is None else str(script_size)
     return ["sh", "-c", STAGE_LAUNCHER, "runner-driver-stage", size, stage_id, str(offset),
-            STAGE_SUPERVISOR, nonce, *([container] if container else [])]
+            STAGE_SUPERVISOR, nonce, container, str(chunk_bytes)]
 
 
 def stopper_argv(stage_id: str, nonce: str, grace_tenths: int = 20) -> list[str]:
@@ -230,6 +270,7 @@ class StageControl:
         self.started = False
         self.exit_code: int | None = None
         self.truncated = False
+        self.gap: int | None = None
         self.heartbeats = 0
         self.error = ""
         self.diagnostics: list[str] = []
@@ -255,6 +296,8 @@ class StageControl:
             self.exit_code = int(rest.strip())
         elif word == "truncated":
             self.truncated = True
+        elif word == "gap" and rest.strip().isdigit():
+            self.gap = int(rest.strip())
         elif word == "alive":
             self.heartbeats += 1
         elif word == "error":

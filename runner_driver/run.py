@@ -148,6 +148,14 @@ def _follow(cluster: Cluster, pod: str, container: str, stage_id: str, script: b
         # output (stdout): follow once more from the offset to fetch the rest.
         if control.exit_code is not None and failure is None:
             return control.exit_code
+        if control.gap is not None and failure is None and control.gap > output.offset:
+            # Only after a long break in the link: the pod kept one chunk behind what it
+            # sent, and the break lost more than that. Say so in the job log; go on.
+            _notice(output, f"\n[runner-driver: {control.gap - output.offset} bytes of this "
+                            "stage's output were lost while the connection to the pod was "
+                            "down]\n")
+            output.offset = control.gap
+            continue
         if control.error:
             raise ClusterError(f"running the stage in container {container} of pod "
                                f"{cluster.namespace}/{pod}: {control.error}")
@@ -180,6 +188,13 @@ def _follow(cluster: Cluster, pod: str, container: str, stage_id: str, script: b
         log.warning("reconnecting to the stage after a lost connection", attempt=attempt,
                     offset=output.offset, error=str(failure), retry_in=f"{wait:.1f}s")
         cancel.sleep(wait)
+
+
+def _notice(output: _Output, text: str) -> None:
+    """A line of the driver's own in the job log, not counted as the stage's output."""
+    offset = output.offset
+    output(text.encode())
+    output.offset = offset
 
 
 def _raise_if_dead(cluster: Cluster, pod: str, container: str) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from runner_driver.inpod import (
     BUILD_ENTRYPOINT,
+    CHUNK_BYTES,
     CONTROL_PREFIX,
     DRIVER_DIR,
     HELPER_ENTRYPOINT,
@@ -79,12 +80,13 @@ def parse(shell_name: str, program: str, *args: str) -> subprocess.CompletedProc
 
 
 def test_launcher_argv_holds_only_size_id_offset_supervisor_and_nonce() -> None:
-    """Launcher argv: the constant program, script size, stage id, offset, supervisor, nonce."""
+    """Launcher argv: the constant program, script size, stage id, offset, supervisor, nonce,
+    container name and chunk size."""
     script = "echo 's3cr3t'; docker login -p hunter2\n"
     size = len(script.encode())
     argv = launcher_argv(size, "build-script-3", 0, NONCE)
     assert argv == ["sh", "-c", STAGE_LAUNCHER, "runner-driver-stage", str(size),
-                    "build-script-3", "0", STAGE_SUPERVISOR, NONCE]
+                    "build-script-3", "0", STAGE_SUPERVISOR, NONCE, "", str(CHUNK_BYTES)]
     assert all(script.strip() not in part and "hunter2" not in part for part in argv)
 
 
@@ -102,7 +104,8 @@ def test_launcher_argv_never_carries_script_content(size: int | None, offset: in
     constants = {STAGE_LAUNCHER, STAGE_SUPERVISOR}
     variable = [part for part in argv if part not in constants]
     assert variable == ["sh", "-c", "runner-driver-stage",
-                        "-" if size is None else str(size), "get-sources", str(offset), NONCE]
+                        "-" if size is None else str(size), "get-sources", str(offset), NONCE,
+                        "", str(CHUNK_BYTES)]
 
 
 def test_stopper_argv_holds_only_id_grace_and_nonce() -> None:
@@ -545,3 +548,96 @@ def test_undecodable_bytes_do_not_break_parsing() -> None:
     parsed = control(b"sh: \xff\xfe bad\n", b"runner-driver-stage: exit 2\n")
     assert parsed.diagnostics == ["sh: \ufffd\ufffd bad"]
     assert parsed.exit_code == 2
+
+
+def test_gap_line_gives_the_offset_to_follow_from() -> None:
+    """`gap N` tells the driver the output before byte N was trimmed; a bad N is ignored."""
+    assert control(b"runner-driver-stage: gap 8388608\n").gap == 8388608
+    assert control(b"runner-driver-stage: gap x\n").gap is None
+
+
+# Stage output in chunks: streamed as it comes, trimmed once delivered, resumable.
+
+CHUNK = 4096
+# About 90 KB in lines of growing numbers: many chunks of at most CHUNK bytes.
+CHATTY = b'i=0; while [ "$i" -lt 3000 ]; do echo "line $i of the chatty stage"; ' \
+         b'i=$((i + 1)); done\n'
+
+
+def chatty_output() -> bytes:
+    """What CHATTY prints."""
+    return b"".join(b"line %d of the chatty stage\n" % i for i in range(3000))
+
+
+def log_files(pod: Pod, stage_id: str) -> dict[int, int]:
+    """The stage's output chunks left in the pod: start offset -> size."""
+    return {int(p.name.rsplit(".", 1)[1]): p.stat().st_size
+            for p in pod.logs_dir.glob(f"{stage_id}.log.*")}
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_long_output_arrives_whole_and_only_the_last_chunks_stay(
+        shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
+    """Output of many chunks arrives byte for byte; what the pod keeps afterwards is only its
+    last few chunks (what ends more than a chunk before the last one is removed), named
+    by their start offsets."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, NONCE)
+    result = pod.run(launcher_argv(len(CHATTY), "step_chatty", 0, NONCE, "",
+                                   chunk_bytes=CHUNK), CHATTY)
+    assert control(result.stderr).exit_code == 0, result.stderr
+    expected = chatty_output()
+    assert result.stdout == expected
+    kept = log_files(pod, "step_chatty")
+    assert sum(kept.values()) <= 3 * CHUNK, kept
+    assert min(kept) >= len(expected) - 3 * CHUNK, kept
+    assert kept[len(expected)] == 0  # the end marker starts where the output ends
+    assert all(start + size <= len(expected) for start, size in kept.items())
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_following_resumes_inside_the_kept_chunk_and_reports_a_trimmed_one(
+        shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
+    """A reconnect at an offset in a kept chunk gets exactly the rest; one at an offset whose
+    chunk was trimmed gets `gap N` with the first offset still kept, and from N the rest."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, NONCE)
+    first = pod.run(launcher_argv(len(CHATTY), "step_chatty", 0, NONCE, "",
+                                  chunk_bytes=CHUNK), CHATTY)
+    assert control(first.stderr).exit_code == 0
+    expected = chatty_output()
+    kept = min(log_files(pod, "step_chatty"))
+    inside = kept + 10 if kept < len(expected) else kept
+    resumed = pod.run(launcher_argv(None, "step_chatty", inside, NONCE, "", chunk_bytes=CHUNK))
+    assert (resumed.stdout, control(resumed.stderr).exit_code) == (expected[inside:], 0)
+    trimmed = pod.run(launcher_argv(None, "step_chatty", 100, NONCE, "", chunk_bytes=CHUNK))
+    parsed = control(trimmed.stderr)
+    assert (trimmed.returncode, trimmed.stdout, parsed.gap, parsed.exit_code) == \
+        (0, b"", kept, None)
+    rest = pod.run(launcher_argv(None, "step_chatty", kept, NONCE, "", chunk_bytes=CHUNK))
+    assert rest.stdout == expected[kept:]
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_a_background_process_holding_the_output_does_not_hold_the_stage(
+        shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
+    """A script that leaves a process writing to its output ends within about a second of
+    its own exit, with its exit code and everything it printed itself."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, NONCE)
+    script = b"(sleep 8; echo late) &\necho mine\nexit 3\n"
+    started = time.monotonic()
+    result = pod.run(launcher_argv(len(script), "step_bg", 0, NONCE), script)
+    took = time.monotonic() - started
+    assert control(result.stderr).exit_code == 3, result.stderr
+    assert result.stdout == b"mine\n"
+    assert took < 4, took
+
+
+def test_exec_url_stays_within_what_proxies_accept() -> None:
+    """The launcher's exec query, percent-encoded as the client sends it, stays under 8000
+    bytes (common proxies and the emulated API server stop at 8 KiB request lines)."""
+    from urllib.parse import quote, urlencode
+
+    argv = launcher_argv(2**40, "a" * 40 + "-4194304-0123abcd", 2**40, NONCE, "helper")
+    query = urlencode([("command", part) for part in argv] +
+                      [("container", "helper"), ("stdin", "true"), ("stdout", "true"),
+                       ("stderr", "true")], quote_via=quote)
+    assert len(query) < 8000 - len("/api/v1/namespaces/x/pods/y/exec?"), len(query)

@@ -171,3 +171,23 @@ def test_a_job_filling_its_scratch_volume_fails_naming_the_limit(
            b'limit "2Mi".' in build.stderr
     assert build.seconds < 20
     wait_for(lambda: not pods_left(core), timeout=20, what="no pods left")
+
+
+def test_a_stage_printing_far_more_than_the_logs_volume_holds_succeeds(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> None:
+    """Output already delivered is trimmed in the pod: a stage printing 160 MiB through a
+    logs volume of 32Mi is not evicted, and every byte reaches the job log."""
+    directory = tmp_path / "runner"
+    directory.mkdir()
+    (directory / "pod.yaml").write_text(TEMPLATE, encoding="utf-8")
+    runner = make_runner(kubeconfig, directory,
+                         f'[pod]\ntemplate = "{directory / "pod.yaml"}"\n'
+                         'logs_size_limit = "32Mi"\n', keep_output_bytes=4096)
+    size = 160 * 1024 * 1024
+    job = Job(job_id=next_job_id(), script=(f"head -c {size} /dev/zero | tr '\\0' x",))
+    result = runner.run_job(job)
+    assert result.status == "success", result.log.decode(errors="replace")
+    build = result.call("build_script")
+    # The runner's own lines around the script's output are a few hundred bytes.
+    assert size <= build.stdout_bytes < size + 4096
+    wait_for(lambda: not pods_left(core), timeout=20, what="no pods left")

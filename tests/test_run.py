@@ -261,3 +261,30 @@ def test_script_copies_of_dead_launchers_are_swept(runner: Any) -> None:
                                                  "| sed 's/[0-9]*$//' || echo none\n")
     assert b"old.sh.999999" not in after.stdout
     assert swept.stdout == b"other.sh.\n"  # its process is alive: not a dead launcher's copy
+
+
+def test_resuming_inside_trimmed_output_says_so_and_goes_on(
+        runner: Any, kubeconfig: Path, tmp_path: Path) -> None:
+    """Resuming at an offset the pod has trimmed (delivered output is removed chunk by
+    chunk) puts one line saying how many bytes were lost in the job log, then the rest."""
+    size = 20 * 1024 * 1024
+    script, first, again = tmp_path / "big", tmp_path / "first", tmp_path / "again"
+    cluster, log = direct(kubeconfig, script, f"head -c {size} /dev/zero | tr '\\0' x\n")
+    with runner.session(Job(job_id=next_job_id())) as session:
+        nonce = session.job_env["RUNNER_DRIVER_NONCE"]
+        with first.open("wb") as sink:
+            run.run(cluster, session.hostname, script, "build_script", nonce,
+                    out_fd=sink.fileno(), stage_id="build_script-1-0123abcd")
+        with again.open("wb") as sink:
+            run.run(cluster, session.hostname, script, "build_script", nonce,
+                    out_fd=sink.fileno(), stage_id="build_script-1-0123abcd", offset=100)
+    assert first.read_bytes() == b"x" * size
+    resumed = again.read_bytes()
+    notice, _, rest = resumed[1:].partition(b"\n")
+    lost = int(notice.split()[1])
+    assert notice == (b"[runner-driver: %d bytes of this stage's output were lost while the "
+                      b"connection to the pod was down]" % lost)
+    # Trimmed: everything before the last chunk or two; what follows is the exact rest.
+    assert 8 * 1024 * 1024 - 100 <= lost < size - 100
+    assert rest == b"x" * (size - 100 - lost)
+    assert "reconnecting" not in log.getvalue()  # a gap is no failed connection
