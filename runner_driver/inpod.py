@@ -86,14 +86,16 @@ CHUNK_BYTES = 8 * 1024 * 1024
 # script's pid) is reported after two heartbeats. The launcher that starts the stage
 # records the supervisor's pid, so a supervisor still starting the script counts as
 # running. Script copies of launchers that died before unlinking them, and the files
-# of earlier stages, are removed when the next stage starts.
-STAGE_LAUNCHER = _compact(f"""n=$1; id=$2; off=$3; chunk=${{7:-{CHUNK_BYTES}}}
+# of earlier stages, are removed when the next stage starts (in the one `rm` that
+# unlinks the script: each process start costs a stage milliseconds; the patterns in
+# $gone expand when it does).
+STAGE_LAUNCHER = _compact(f"""n=$1; id=$2; off=$3; c=${{7:-{CHUNK_BYTES}}}
 run={RUN_DIR}; log={LOG_DIR}/$id.log; st=$run/$id.status; pf=$run/$id.pid
 sup=$run/$id.sup
 {RUNNING}
 {OURS}
 say() {{ echo "runner-driver-stage: $*" >&2; }}
-scan() {{ le=; gt=; for part in $log.*; do [ -e $part ] || continue; k=${{part##*.}}
+scan() {{ le=; gt=; for q in $log.*; do [ -e $q ] || continue; k=${{q##*.}}
   if [ $k -le $1 ]; then [ -n "$le" ] && [ $k -le $le ] || le=$k
   elif [ -z "$gt" ] || [ $k -lt $gt ]; then gt=$k; fi; done; }}
 if ! ours "$5"; then say error {NOT_OURS}; exit 3; fi
@@ -105,31 +107,32 @@ if [ "$n" != - ]; then
   fi
   if [ $(($(wc -c < $scr))) -ne $n ]; then rm -f $scr; say truncated; exit 4; fi
   if mkdir $run/$id.claim 2>/dev/null; then
-    for copy in $run/*.sh.*; do
-      [ -e $copy ] && [ $copy != $scr ] || continue
-      running ${{copy##*.}} || rm -f $copy
+    for y in $run/*.sh.*; do
+      [ -e $y ] && [ $y != $scr ] || continue
+      running ${{y##*.}} || rm -f $y
     done
+    gone=
     for done in $run/*.status; do
       [ -e $done ] || continue
       old=${{done##*/}}; old=${{old%.status}}
-      [ $old = $id ] || rm -rf $run/$old.claim $done $done.rc $run/$old.sup \\
-        $run/$old.copied {LOG_DIR}/$old.log.*
+      [ $old = $id ] || gone="$gone $run/$old.claim $done $done.rc $run/$old.sup \\
+        $run/$old.copied {LOG_DIR}/$old.log.*"
     done
     : > $log.0
     exec 4< $scr
-    rm -f $scr
+    rm -rf $scr $gone
     sh1=; cf=${{6:+$run/shell-$6}}
     if [ -n "$cf" ] && [ -r $cf ]; then read -r sh1 < $cf || sh1=; fi
     if [ -z "$sh1" ] || [ ! -x "$sh1" ]; then
       sh1=/busybox/sh
-      for cand in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/bin/sh /bin/sh; do
-        if [ -x $cand ] && $cand -c : </dev/null >/dev/null 2>&1; then
-          sh1=$cand; break
+      for x in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/bin/sh /bin/sh; do
+        if [ -x $x ] && $x -c : </dev/null >/dev/null 2>&1; then
+          sh1=$x; break
         fi
       done
       if [ -n "$cf" ]; then echo $sh1 > $cf; fi
     fi
-    set -- "$4" runner-driver-supervise $id $sh1 $chunk
+    set -- "$4" runner-driver-supervise $id $sh1 $c
     if command -v setsid >/dev/null; then setsid sh -c "$@" </dev/null >/dev/null 2>&1 &
     else sh -c "$@" </dev/null >/dev/null 2>&1 & fi
     echo $! > $sup
@@ -159,9 +162,9 @@ while :; do
   if [ -n "$gt" ]; then
     cat <&3 || exit 6
     cur=$gt; exec 3< $log.$cur
-    scan $((cur - chunk)); old=
-    for part in $log.*; do
-      [ -n "$le" ] && [ -e $part ] && [ ${{part##*.}} -lt $le ] && old="$old $part"
+    scan $((cur - c)); old=
+    for q in $log.*; do
+      [ -n "$le" ] && [ -e $q ] && [ ${{q##*.}} -lt $le ] && old="$old $q"
     done
     [ -z "$old" ] || rm -f $old
     continue
@@ -191,30 +194,36 @@ done
 
 # Runs detached from any exec, with the script on fd 4: starts the script in its own
 # session (so a cancel can signal its whole process group) with its output into a pipe,
-# records the group in the pid file and the exit code in ID.status.rc. The relay on the
+# records the group in the pid file (one short write: read whole or empty) and the exit
+# code in ID.status.rc. The relay on the
 # pipe's other end copies the output as it comes (`dd` writes each read at once; `head`
 # and `split` buffer) into chunk files named by the byte offset they start at, each at
 # most $3 bytes (2048 reads of up to 4 KiB: streaming, and few files for output that
-# comes a line at a time), and ends at an empty chunk; then it renames the exit
+# comes a line at a time), and ends when a dd read fewer times than asked (the end of
+# the output; dd stops early only there), or at an empty chunk; then it renames the exit
 # code to the status file, so the status exists only once all output is on disk. A
 # chunk's size comes from dd's own summary (its first word: the bytes copied), else
 # from `wc`. If the follower gave up waiting for the end (background processes hold
 # the pipe) and wrote the status itself, the relay discards what they print.
-STAGE_SUPERVISOR = _compact(f"""id=$1; chunk=$3; log={LOG_DIR}/$id.log; status={RUN_DIR}/$id.status
-pidfile={RUN_DIR}/$id.pid; copied={RUN_DIR}/$id.copied
+STAGE_SUPERVISOR = _compact(f"""id=$1; c=$3; log={LOG_DIR}/$id.log; st={RUN_DIR}/$id.status
+pf={RUN_DIR}/$id.pid; cp={RUN_DIR}/$id.copied
 (if command -v setsid >/dev/null; then setsid "$2" <&4 4<&- & else "$2" <&4 4<&- & fi
-child=$!; exec 4<&-
-echo $child > $pidfile.tmp && mv -f $pidfile.tmp $pidfile
-wait $child; echo $? > $status.rc; rm -f $pidfile) 2>&1 | {{
-exec 4<&-; bs=4096; [ $chunk -ge $bs ] || bs=$chunk; reads=$((chunk / bs)); start=0
+k=$!; exec 4<&-
+echo $k > $pf
+wait $k; echo $? > $st.rc) 2>&1 | {{
+exec 4<&-; bs=4096; [ $c -ge $bs ] || bs=$c; r=$((c / bs)); o=0
 while :; do
-  if [ -e $status ]; then exec cat > /dev/null; fi
-  dd bs=$bs count=$reads of=$log.$start 2> $copied; [ -s $log.$start ] || break
-  size=; {{ read -r _ && read -r _ && read -r size _; }} < $copied
-  case $size in ''|*[!0-9]*) size=$(($(wc -c < $log.$start)));; esac
-  start=$((start + size))
+  if [ -e $st ]; then exec cat > /dev/null; fi
+  dd bs=$bs count=$r of=$log.$o 2> $cp
+  rs=; z=; {{ read -r rs _ && read -r _ && read -r z _; }} < $cp
+  case $z in ''|*[!0-9]*) z=$(($(wc -c < $log.$o)));; esac
+  o=$((o + z))
+  case $rs in
+    [0-9]*+[0-9]*) [ $((${{rs%+*}} + ${{rs#*+}})) -lt $r ] && break;;
+    *) [ $z -gt 0 ] || break;;
+  esac
 done
-rm -f $copied; mv -f $status.rc $status 2>/dev/null; }}
+rm -f $cp $pf; mv -f $st.rc $st 2>/dev/null; }}
 """)
 
 # Stop a stage started by STAGE_LAUNCHER: TERM to its process group (the generated
