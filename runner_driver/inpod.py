@@ -19,9 +19,18 @@ RUN_DIR = f"{DRIVER_DIR}/run"
 # (a shell as PID 1 ignores SIGTERM unless it traps it, which would make every pod
 # deletion wait out the whole grace period).
 _IDLE = "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"
+# Where the job's registry logins (its Secret) are mounted, read-only, in the build
+# container: away from /kaniko/.docker, which stays writable for pipelines that still
+# write config.json themselves.
+DOCKER_SECRET_DIR = "/runner-driver-secrets/docker"  # noqa: S105 - a path
 # The build container runs as root; the helper may not (helper.run_as_user): the run
-# directory both containers' launchers write is made writable for both at start.
-BUILD_ENTRYPOINT = ("/busybox/sh", "-c", f"mkdir -p {RUN_DIR} && chmod 777 {RUN_DIR}\n{_IDLE}")
+# directory both containers' launchers write is made writable for both at start. The
+# job's config.json is copied to where kaniko (and crane, with DOCKER_CONFIG) read it.
+BUILD_ENTRYPOINT = ("/busybox/sh", "-c", f"""mkdir -p {RUN_DIR} && chmod 777 {RUN_DIR}
+if [ -f {DOCKER_SECRET_DIR}/config.json ]; then
+  mkdir -p /kaniko/.docker && cp {DOCKER_SECRET_DIR}/config.json /kaniko/.docker/config.json
+fi
+{_IDLE}""")
 # The cache and artifact stages call `gitlab-runner` by that exact name, and the
 # official helper image ships only `gitlab-runner-helper`: give it the other name.
 HELPER_ENTRYPOINT = ("/bin/sh", "-c", f"""mkdir -p {BIN_DIR}

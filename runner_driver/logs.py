@@ -13,11 +13,14 @@ client's pipe and masks its own job's secrets; only the level and format are glo
 
 from __future__ import annotations
 
+import base64
 import contextvars
+import json
 import logging
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import structlog
 
@@ -31,15 +34,38 @@ _redactor: contextvars.ContextVar[Redactor | None] = contextvars.ContextVar("log
 _applied: dict[str, tuple[str, str]] = {}  # the global structlog setup: level and format
 
 
+def forms(secret: str) -> set[str]:
+    """The ways a secret shows up in text: as is, base64 (as in a Secret's data or a
+    config.json `auth`), URL-encoded and JSON-escaped."""
+    raw = secret.encode()
+    found = {secret, base64.b64encode(raw).decode(), base64.b64encode(raw).decode().rstrip("="),
+             base64.urlsafe_b64encode(raw).decode().rstrip("="), quote(secret, safe=""),
+             json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    # A fragment shorter than the secret's own length could match ordinary text.
+    return {f for f in found if len(f) >= min(8, len(secret))}
+
+
 class Redactor:
-    """A structlog processor that masks known secret values wherever they appear."""
+    """A structlog processor that masks known secret values wherever they appear, in
+    each of their `forms`."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self.secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The secret values masked, longest first (each also in its other `forms`)."""
+        return self._secrets
+
+    @secrets.setter
+    def secrets(self, values: tuple[str, ...]) -> None:
+        self._secrets = values
+        expanded = {form for value in values for form in forms(value)}
+        self._forms = tuple(sorted(expanded, key=len, reverse=True))
+
     def mask(self, text: str) -> str:
         """`text` with every secret value replaced."""
-        for secret in self.secrets:
+        for secret in self._forms:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         return text

@@ -36,6 +36,7 @@ proxies) go between overrides and invariants.
 
 from __future__ import annotations
 
+import base64
 import copy
 import fnmatch
 import hashlib
@@ -43,9 +44,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__, overrides, podmerge, podsecurity
+from . import __version__, credentials, overrides, podmerge, podsecurity
 from .errors import ConfigError, JobFailed
-from .inpod import BIN_DIR, BUILD_ENTRYPOINT, DRIVER_DIR, HELPER_ENTRYPOINT, LOG_DIR
+from .inpod import (
+    BIN_DIR,
+    BUILD_ENTRYPOINT,
+    DOCKER_SECRET_DIR,
+    DRIVER_DIR,
+    HELPER_ENTRYPOINT,
+    LOG_DIR,
+)
 from .jobrecord import valid_nonce
 from .runner_env import JobContext
 from .settings import ContainerResources, Settings, resolve
@@ -208,10 +216,14 @@ def active_deadline_seconds(settings: Settings, job: JobContext) -> int:
 
 @dataclass(frozen=True)
 class PodPlan:
-    """The job's pod as the layers built it, and what the job log should say about it."""
+    """The job's pod as the layers built it, the Secret it needs (its registry logins,
+    created before the pod), and what the job log should say about them."""
 
     pod: dict[str, Any]
     notes: tuple[str, ...] = ()
+    secret: dict[str, Any] | None = None
+    # Which registries have a login, from which source: never a secret.
+    registries: str = ""
 
 
 def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
@@ -219,8 +231,11 @@ def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
     return plan(settings, job).pod
 
 
-def plan(settings: Settings, job: JobContext) -> PodPlan:
-    """The job's pod, built layer by layer (see the table above), with its notes.
+def plan(settings: Settings, job: JobContext,
+         operator_registries: tuple[tuple[str, dict[str, Any]], ...] = ()) -> PodPlan:
+    """The job's pod, built layer by layer (see the table above), with its notes and
+    its registry Secret. `operator_registries` are the operator's registry Secrets as
+    (name, parsed .dockerconfigjson), read by `prepare`.
 
     Raises:
         ConfigError: the job has no well-formed nonce; the template or patch changes a
@@ -233,6 +248,13 @@ def plan(settings: Settings, job: JobContext) -> PodPlan:
         raise ConfigError("building the job's pod: the job has no well-formed nonce "
                           "(prepare mints one when config did not)")
     reference = _defaults(settings, job)
+    docker = credentials.docker_config(job, operator_registries)
+    secret = None if docker.empty else docker_secret(settings, job, docker)
+    if secret is not None:
+        # The credential and proxy layers' fields are the driver's own, like the
+        # defaults'.
+        _with_registry_logins(reference, secret["metadata"]["name"])
+    _with_proxy(reference, settings)
     pod = copy.deepcopy(reference)
     if settings.pod_template is not None:
         pod = template_layer(pod, settings, reference)
@@ -242,7 +264,95 @@ def plan(settings: Settings, job: JobContext) -> PodPlan:
     if settings.pod_patch is not None:
         pod = patch_layer(pod, settings, reference)
     check(pod, settings, reference)
-    return PodPlan(pod, applied.notes)
+    summary = docker.summary() + "; " + proxy_summary(settings)
+    notes = applied.notes + _old_kaniko(build_image(settings, job))
+    return PodPlan(pod, notes, secret, summary)
+
+
+_UPSTREAM_KANIKO = re.compile(r"(?:gcr\.io/kaniko-project/executor):v(\d+)\.(\d+)\.(\d+)")
+
+
+def _old_kaniko(image: str) -> tuple[str, ...]:
+    """A warning for upstream kaniko before v1.9.0, which fails on current hosts."""
+    match = _UPSTREAM_KANIKO.match(image)
+    if match and tuple(int(p) for p in match.groups()) < (1, 9, 0):
+        return (f"WARNING: the build image {image} is kaniko older than v1.9.0; on current "
+                "hosts it fails with \"kaniko should only be run inside of a container\"; "
+                "use v1.9.0 or later (the default is v1.23.2-debug)",)
+    return ()
+
+
+PROXY_BUILD_ARGS = "RUNNER_DRIVER_PROXY_BUILD_ARGS"
+
+
+def proxy_env(settings: Settings) -> list[tuple[str, str]]:
+    """The proxy variables both containers get, in both spellings tools read."""
+    found = []
+    for key in ("http_proxy", "https_proxy", "no_proxy"):
+        value = getattr(settings.proxy, key)
+        if value:
+            found += [(key.upper(), value), (key, value)]
+    return found
+
+
+def proxy_summary(settings: Settings) -> str:
+    """The proxy part of the job log's summary line."""
+    proxy = settings.proxy
+    if not (proxy.http_proxy or proxy.https_proxy):
+        return "no proxy"
+    used = ", ".join(f"{k} {getattr(proxy, k)}" for k in ("http_proxy", "https_proxy")
+                     if getattr(proxy, k))
+    return f"proxy: {used}" + (f" (not for {proxy.no_proxy})" if proxy.no_proxy else "")
+
+
+def _with_proxy(pod: dict[str, Any], settings: Settings) -> None:
+    """The proxy layer: the variables in both containers, and in the build container the
+    matching --build-arg flags for kaniko (RUN steps do not see the container's env)."""
+    env = proxy_env(settings)
+    if not env:
+        return
+    for container in pod["spec"]["containers"]:
+        container["env"] += [{"name": k, "value": v} for k, v in env]
+        if container["name"] == BUILD:
+            flags = " ".join(f"--build-arg={k}={v}" for k, v in env)
+            container["env"].append({"name": PROXY_BUILD_ARGS, "value": flags})
+
+
+DOCKER_VOLUME = "docker-config"
+
+
+def docker_secret_name(settings: Settings, job: JobContext) -> str:
+    """The job's registry Secret: named after its pod."""
+    return f"{pod_name(settings, job)}-docker"
+
+
+def docker_secret(settings: Settings, job: JobContext,
+                  docker: credentials.DockerConfig) -> dict[str, Any]:
+    """The job's registry logins as a kubernetes.io/dockerconfigjson Secret, labelled
+    like its pod (so `gc` finds it when a fault leaves it behind)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": docker_secret_name(settings, job),
+                     "labels": labels(settings, job)},
+        "data": {credentials.SECRET_KEY: base64.b64encode(docker.json_bytes()).decode()},
+    }
+
+
+def _with_registry_logins(pod: dict[str, Any], secret: str) -> None:
+    """The credential layer: the Secret mounted read-only in the build container (its
+    entrypoint copies it to /kaniko/.docker/config.json) and used to pull the images."""
+    spec = pod["spec"]
+    spec["volumes"].append({"name": DOCKER_VOLUME, "secret": {
+        "secretName": secret, "defaultMode": 0o400,
+        "items": [{"key": credentials.SECRET_KEY, "path": "config.json"}]}})
+    for container in spec["containers"]:
+        if container["name"] == BUILD:
+            container["volumeMounts"].append({"name": DOCKER_VOLUME,
+                                              "mountPath": DOCKER_SECRET_DIR,
+                                              "readOnly": True})
+    spec.setdefault("imagePullSecrets", []).append({"name": secret})
 
 
 def _defaults(settings: Settings, job: JobContext) -> dict[str, Any]:

@@ -11,13 +11,14 @@ follows the pod. It must not run job scripts.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TextIO
 
-from . import cancel, jobrecord, logs
-from .errors import Canceled, ClusterError, ConfigError, PodStartError
+from . import cancel, credentials, jobrecord, logs
+from .errors import Canceled, ClusterError, ConfigError, JobFailed, PodStartError
 from .jobrecord import PodRecord
 from .kube import Cluster
 from .podspec import BUILD, HELPER, JOB_LABEL, MANAGER_LABEL, leftover_of, plan
@@ -49,13 +50,14 @@ def prepare(settings: Settings, job: JobContext, cluster: Cluster, out: TextIO
                           "runner-driver stages must be started by gitlab-runner")
     if not job.nonce:
         job = replace(job, nonce=new_nonce())
-    built = plan(settings, job)
+    built = plan(settings, job, _operator_registries(cluster, settings))
     manifest = built.pod
     name = manifest["metadata"]["name"]
     images = {c["name"]: c["image"] for c in manifest["spec"]["containers"]}
     if job.services:
         _say(out, f"WARNING: this job declares services ({', '.join(job.services)}); "
                   "runner-driver starts no service containers, so they are not available.")
+    _say(out, built.registries)
     for note in built.notes:
         _say(out, note if note.startswith("WARNING") else f"Pod override {note}")
     record = PodRecord(cluster.namespace, name, job.nonce)
@@ -63,11 +65,29 @@ def prepare(settings: Settings, job: JobContext, cluster: Cluster, out: TextIO
     _say(out, f"Creating pod {cluster.namespace}/{name} (build image {images[BUILD]}, "
               f"helper image {images[HELPER]})")
     started = time.monotonic()
-    created = _create(cluster, manifest, settings, job)
+    secret = built.secret
+    if secret is not None:
+        # Before the pod, so the kubelet finds it at once (a missing secret volume is
+        # retried with a back-off of half a second and more).
+        _create_secret(cluster, secret, settings, job)
+    try:
+        created = _create(cluster, manifest, settings, job)
+    except BaseException:
+        if secret is not None:
+            _delete_secret(cluster, secret["metadata"]["name"], out)
+        raise
     record = PodRecord(cluster.namespace, name, job.nonce,
                        str(created["metadata"].get("uid") or ""))
     _record(job, record)
     log.info("pod created", namespace=cluster.namespace, uid=record.uid)
+    if secret is not None:
+        try:
+            # Owned by the pod, Kubernetes deletes the Secret with it, whoever deletes it.
+            cluster.own_secret(secret["metadata"]["name"], created)
+        except (ClusterError, Canceled):
+            _remove(cluster, job, record, out)
+            _delete_secret(cluster, secret["metadata"]["name"], out)
+            raise
 
     shown = started - PROGRESS_SECONDS
 
@@ -180,6 +200,68 @@ def _create(cluster: Cluster, manifest: dict[str, Any], settings: Settings,
                 raise
         cluster.wait_gone(name, timeout=60)
     return cluster.create_pod(manifest)
+
+
+def _operator_registries(cluster: Cluster, settings: Settings
+                         ) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """The operator's registry Secrets (`[registry] secrets`), parsed.
+
+    Raises:
+        ConfigError: a named Secret is missing or holds no .dockerconfigjson config.
+    """
+    found = []
+    for name in settings.registry.secrets:
+        where = (f"reading registry secret {cluster.namespace}/{name} (registry.secrets in "
+                 f"{settings.source})")
+        secret = cluster.read_secret(name)
+        if secret is None:
+            raise ConfigError(f"{where}: it does not exist")
+        value = (secret.get("data") or {}).get(credentials.SECRET_KEY)
+        if not value:
+            raise ConfigError(f"{where}: it has no {credentials.SECRET_KEY} key (create it "
+                              "with kubectl create secret docker-registry)")
+        try:
+            text = base64.b64decode(value).decode()
+        except ValueError as error:
+            raise ConfigError(f"{where}: its {credentials.SECRET_KEY} is not UTF-8 text "
+                              f"({error.__class__.__name__})") from None
+        try:
+            found.append((name, credentials.parse(text, f"registry secret "
+                                                        f"{cluster.namespace}/{name}")))
+        except JobFailed as error:  # the operator's mistake, not the job's
+            raise ConfigError(f"{error} (registry.secrets in {settings.source})") from None
+    return tuple(found)
+
+
+def _create_secret(cluster: Cluster, secret: dict[str, Any], settings: Settings,
+                   job: JobContext) -> None:
+    """Create the job's registry Secret; one left by an earlier attempt of this job is
+    replaced, one of another job is never touched."""
+    name = secret["metadata"]["name"]
+    try:
+        cluster.create_secret(secret)
+        return
+    except ClusterError as error:
+        if error.status != 409:
+            raise
+    existing = cluster.read_secret(name)
+    if existing is not None:
+        if not leftover_of(existing, settings, job):
+            raise ClusterError(f"creating secret {cluster.namespace}/{name}: a secret of that "
+                               "name exists and is not this job's; refusing to replace it",
+                               status=409)
+        cluster.delete_secret(name, uid=str(existing["metadata"].get("uid") or ""))
+    cluster.create_secret(secret)
+
+
+def _delete_secret(cluster: Cluster, name: str, out: TextIO) -> None:
+    """Delete the job's registry Secret after a failed start; `gc` removes it otherwise."""
+    try:
+        with cancel.shielded(cluster.retry_timeout):
+            cluster.delete_secret(name)
+    except ClusterError as error:
+        _say(out, f"ERROR: could not delete secret {cluster.namespace}/{name} after the "
+                  f"failed start ({error}); runner-driver gc will remove it")
 
 
 def _say(out: TextIO, line: str) -> None:

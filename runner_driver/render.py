@@ -53,9 +53,13 @@ def render(settings: Settings, environ: Mapping[str, str]) -> str:
     job, source = job_for(environ)
     built = plan(settings, job)
     header = [f"# runner-driver render: the objects `prepare` creates for {source}",
-              f"# settings: {settings.source}"]
+              f"# settings: {settings.source}", f"# {built.registries}"]
+    if settings.registry.secrets:
+        header.append(f"# (not read here: the operator's registry secrets "
+                      f"{', '.join(settings.registry.secrets)}, which prepare merges in)")
     header += [f"# {note}" for note in built.notes]
-    documents = [redacted(manifest) for manifest in (built.pod,)]
+    manifests = [built.pod] if built.secret is None else [built.secret, built.pod]
+    documents = [redacted(manifest) for manifest in manifests]
     text = "\n".join(header) + "\n" + yaml.dump_all(
         documents, Dumper=_Dumper, sort_keys=False, explicit_start=True, width=100)
     return Redactor(job.secrets).mask(text)

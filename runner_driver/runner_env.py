@@ -47,6 +47,10 @@ OVERRIDE_PREFIX = "KUBERNETES_"
 SECRET_VARIABLES = ("CI_JOB_TOKEN", "CI_BUILD_TOKEN", "CI_REGISTRY_PASSWORD",
                     "CI_DEPENDENCY_PROXY_PASSWORD", "CI_DEPLOY_PASSWORD",
                     "DOCKER_AUTH_CONFIG")
+# The job variables registry logins come from (see `credentials`).
+REGISTRY_VARIABLES = ("CI_REGISTRY", "CI_REGISTRY_USER", "CI_REGISTRY_PASSWORD",
+                      "CI_DEPENDENCY_PROXY_SERVER", "CI_DEPENDENCY_PROXY_USER",
+                      "CI_DEPENDENCY_PROXY_PASSWORD", "DOCKER_AUTH_CONFIG")
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,15 @@ def exit_codes(environ: Mapping[str, str]) -> ExitCodes:
 
 
 @dataclass(frozen=True)
+class RegistryCredential:
+    """A registry login the runner vouches for (the payload's `credentials` list)."""
+
+    registry: str
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class JobPayload:
     """What the runner vouches for about the job, from JOB_RESPONSE_FILE.
 
@@ -116,6 +129,7 @@ class JobPayload:
     project_id: str
     timeout_seconds: int | None
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    registries: tuple[RegistryCredential, ...] = field(default=(), repr=False)
 
     @classmethod
     def read(cls, path: str) -> JobPayload:
@@ -164,7 +178,8 @@ class JobPayload:
                               "an integer number of seconds",
                               f"1 to {MAX_JOB_TIMEOUT_SECONDS} seconds")
         return cls(job_id=identifier("id"), project_id=identifier("job_info.project_id"),
-                   timeout_seconds=timeout, secrets=_payload_secrets(payload))
+                   timeout_seconds=timeout, secrets=_payload_secrets(payload),
+                   registries=_registries(payload))
 
 
 @dataclass(frozen=True)
@@ -194,6 +209,10 @@ class JobContext:
     # The job's KUBERNETES_* variables (name without prefix, value): requests to change
     # the pod, which `overrides` grants only within the operator's caps.
     pod_requests: tuple[tuple[str, str], ...] = ()
+    # Registry logins: the payload's, and the job's own registry variables (hostile
+    # values are only ever put into the job's own config.json).
+    registries: tuple[RegistryCredential, ...] = field(default=(), repr=False)
+    registry_variables: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
@@ -235,6 +254,9 @@ class JobContext:
             pod_requests=tuple(sorted(
                 (name[len(PREFIX):], value) for name, value in env.items()
                 if name.startswith(PREFIX + OVERRIDE_PREFIX))),
+            registries=payload.registries,
+            registry_variables=tuple((name, env[PREFIX + name]) for name in REGISTRY_VARIABLES
+                                     if env.get(PREFIX + name)),
             secrets=_secrets(env, payload),
         )
 
@@ -309,8 +331,27 @@ def _payload_secrets(payload: dict[str, Any]) -> tuple[str, ...]:
     return tuple(found)
 
 
+def _registries(payload: dict[str, Any]) -> tuple[RegistryCredential, ...]:
+    """The payload's registry logins (`credentials` entries of type registry)."""
+    found = []
+    credentials = payload.get("credentials")
+    for item in credentials if isinstance(credentials, list) else ():
+        if not isinstance(item, dict) or item.get("type") != "registry":
+            continue
+        url, user, password = (item.get(k) for k in ("url", "username", "password"))
+        if all(isinstance(v, str) and v for v in (url, user, password)):
+            found.append(RegistryCredential(str(url), str(user), str(password)))
+    return tuple(found)
+
+
 def _secrets(env: Mapping[str, str], payload: JobPayload) -> tuple[str, ...]:
-    """Values no log line may show: credential variables and the payload's secrets."""
+    """Values no log line may show: credential variables, the payload's secrets, and each
+    `user:password` login (config.json holds its base64)."""
     found = {env.get(PREFIX + name, "") for name in SECRET_VARIABLES} | set(payload.secrets)
+    logins = [(c.username, c.password) for c in payload.registries]
+    for user, password in (("CI_REGISTRY_USER", "CI_REGISTRY_PASSWORD"),
+                           ("CI_DEPENDENCY_PROXY_USER", "CI_DEPENDENCY_PROXY_PASSWORD")):
+        logins.append((env.get(PREFIX + user, ""), env.get(PREFIX + password, "")))
+    found |= {f"{user}:{password}" for user, password in logins if user and password}
     # Very short values would redact ordinary words; GitLab refuses to mask < 8 chars.
     return tuple(sorted(v for v in found if len(v) >= 8))

@@ -129,6 +129,23 @@ class OverrideSettings:
     pod_annotation_keys: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class RegistrySettings:
+    """Registry logins the operator gives every job's kaniko (see `credentials`)."""
+
+    # Names of kubernetes.io/dockerconfigjson Secrets in the job namespace.
+    secrets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """The HTTP(S) proxy every job pod uses; empty means none."""
+
+    http_proxy: str = ""
+    https_proxy: str = ""
+    no_proxy: str = ""
+
+
 # The Pod Security Standards "baseline" controls an operator may opt out of.
 SECURITY_EXCEPTIONS = ("privileged", "host_namespaces", "host_path", "host_ports",
                        "capabilities", "seccomp", "proc_mount", "sysctls", "selinux",
@@ -179,6 +196,8 @@ class Settings:
     manager: ManagerSettings = field(default_factory=ManagerSettings)
     overrides: OverrideSettings = field(default_factory=OverrideSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
     source: str = "built-in defaults"
     # Read from the files `pod.template` and `pod.patch` name, when `load` runs.
     pod_template: dict[str, Any] | None = field(default=None, compare=False)
@@ -201,6 +220,8 @@ _CPU = re.compile(r"(\d+(\.\d+)?|\d+m)", re.ASCII)
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _MEMORY = re.compile(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?", re.ASCII)
 FORMATS = ("console", "json")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*",
+                            re.ASCII)
 
 
 def config_path(cli_path: Path | None, environ: Mapping[str, str]) -> Path | None:
@@ -420,6 +441,24 @@ def _check(settings: Settings, path: Path) -> None:
         if name not in SECURITY_EXCEPTIONS:
             raise fail("security.exceptions", f"unknown check {name!r} (known: "
                                               f"{', '.join(SECURITY_EXCEPTIONS)})")
+    for key in ("http_proxy", "https_proxy"):
+        value = getattr(settings.proxy, key)
+        scheme, sep, rest = value.partition("://")
+        if value and (not sep or scheme not in ("http", "https", "socks5")
+                      or not rest.strip("/")):
+            raise fail(f"proxy.{key}", f"must be a URL such as http://proxy.example.com:3128, "
+                                       f"got {value!r}")
+        if "@" in rest.split("/", 1)[0]:
+            # It would be in the pod spec's env, readable by anyone who can read pods.
+            raise fail(f"proxy.{key}", "must not hold credentials (user:password@): they "
+                                       "would be readable in every job pod's spec")
+    if any(c.isspace() for c in settings.proxy.no_proxy):
+        raise fail("proxy.no_proxy", "must be a comma-separated list without spaces, such as "
+                                     "localhost,.svc,.cluster.local,10.0.0.0/8")
+    for name in settings.registry.secrets:
+        if not _DNS_SUBDOMAIN.fullmatch(name) or len(name) > 253:
+            raise fail("registry.secrets", f"must hold Secret names (lower-case letters, "
+                                           f"digits, '-' and '.'), got {name!r}")
     for key in ("node_selector_keys", "service_accounts", "pod_label_keys",
                 "pod_annotation_keys"):
         if any(not value.strip() for value in getattr(settings.overrides, key)):

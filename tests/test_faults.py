@@ -965,6 +965,8 @@ def test_gc_removes_what_a_killed_manager_left_and_spares_a_live_job(
              what="the live job to be mid-stage")
     crashed_secret = owned_secret(core, crashed_pod, crash_id)
     live_secret = owned_secret(core, live["pod"], live_job.job_id)
+    # Each job also has its registry-login Secret, owned by its pod.
+    crashed_login, live_login = f"{crashed_pod}-docker", f"{live['pod']}-docker"
 
     def phase(name: str) -> str | None:
         try:
@@ -986,7 +988,8 @@ def test_gc_removes_what_a_killed_manager_left_and_spares_a_live_job(
     assert f"would delete secret {NS}/{crashed_secret}: its pod is gone" in dry.stdout
     assert live["pod"] not in dry.stdout and "\ndeleted" not in "\n" + dry.stdout
     assert sorted(pods_left(core)) == sorted([crashed_pod, live["pod"]])
-    assert sorted(secrets_left(core)) == sorted([crashed_secret, live_secret])
+    assert sorted(secrets_left(core)) == sorted([crashed_secret, live_secret, crashed_login,
+                                                 live_login])
     timed(timings, "gc --dry-run", "nothing deleted", "gc run", dry_seconds, 10.0)
 
     gc_started = time.monotonic()
@@ -994,8 +997,10 @@ def test_gc_removes_what_a_killed_manager_left_and_spares_a_live_job(
     assert done.returncode == 0, done.stderr
     assert f"deleted pod {NS}/{crashed_pod}: finished (Failed" in done.stdout, done.stdout
     assert f"deleted secret {NS}/{crashed_secret}: its pod is gone" in done.stdout
+    assert f"deleted secret {NS}/{crashed_login}: its pod is gone" in done.stdout
     assert live["pod"] not in done.stdout and live_secret not in done.stdout
-    wait_for(lambda: pods_left(core) == [live["pod"]] and secrets_left(core) == [live_secret],
+    wait_for(lambda: pods_left(core) == [live["pod"]]
+             and sorted(secrets_left(core)) == sorted([live_secret, live_login]),
              timeout=20, what="gc's deletions to finish, the live job's objects kept")
     assert phase(live["pod"]) == "Running"
     assert host_processes(b"sleep\0" + pause.encode()) == []

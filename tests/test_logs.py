@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import structlog
@@ -188,3 +190,24 @@ def test_secrets_in_logged_exceptions_are_masked(fmt: str) -> None:
     assert SECRET not in text
     assert f"RuntimeError: auth failed for {REDACTED}" in (
         json.loads(text)["exception"] if fmt == "json" else text)
+
+
+@pytest.mark.parametrize("shown", [
+    pytest.param(lambda s: base64.b64encode(s.encode()).decode(), id="base64"),
+    pytest.param(lambda s: base64.b64encode(s.encode()).decode().rstrip("="),
+                 id="base64-unpadded"),
+    pytest.param(lambda s: quote(s, safe=""), id="url-encoded"),
+    pytest.param(lambda s: json.dumps(s)[1:-1], id="json-escaped"),
+])
+def test_secrets_are_masked_in_their_other_forms(shown: Any) -> None:
+    """A secret is masked also base64-encoded, URL-encoded and JSON-escaped."""
+    secret = 'p@ss/w"rd+\\1='
+    redactor = Redactor([secret])
+    assert redactor.mask(f"auth={shown(secret)};") == f"auth={REDACTED};"
+
+
+def test_a_login_pair_is_masked_as_config_json_holds_it() -> None:
+    """`user:password` given as a secret masks config.json's `auth` (its base64)."""
+    auth = base64.b64encode(b"gitlab-ci-token:s3cr3t-t0ken").decode()
+    redactor = Redactor(["s3cr3t-t0ken", "gitlab-ci-token:s3cr3t-t0ken"])
+    assert redactor.mask(f'{{"auth": "{auth}"}}') == f'{{"auth": "{REDACTED}"}}'

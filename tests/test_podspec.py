@@ -3,6 +3,7 @@ deadline."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -219,6 +220,9 @@ def test_representative_job_manifest_is_exact() -> None:
                     "image": "ghcr.io/osscontainertools/kaniko:v1.28.3-debug",
                     "command": ["/busybox/sh", "-c",
                                 "mkdir -p /runner-driver/run && chmod 777 /runner-driver/run\n"
+                                "if [ -f /runner-driver-secrets/docker/config.json ]; then\n"
+                                "  mkdir -p /kaniko/.docker && cp /runner-driver-secrets/docker/"
+                                "config.json /kaniko/.docker/config.json\nfi\n"
                                 "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"],
                     "env": [{"name": "container", "value": "kube"},
                             {"name": "TMPDIR", "value": "/scratch"},
@@ -1193,3 +1197,88 @@ def test_a_request_above_its_limit_from_the_template_is_the_operators_error() ->
     assert str(caught.value) == (
         "building the job's pod: spec.containers[build].resources: memory: request 8Gi is "
         "above its limit 4Gi (from the [build] settings, the pod template or the patch)")
+
+
+# Registry logins and proxies: layers whose fields are the driver's own.
+
+
+def with_login(**changes: Any) -> JobContext:
+    """A job whose CI_REGISTRY variables give a registry login."""
+    return make_job(registry_variables=(("CI_REGISTRY", "registry.example.com"),
+                                        ("CI_REGISTRY_USER", "gitlab-ci-token"),
+                                        ("CI_REGISTRY_PASSWORD", "t0ken-t0ken")), **changes)
+
+
+def test_a_registry_login_brings_its_secret_volume_mount_and_pull_secret() -> None:
+    """With a login the plan has a dockerconfigjson Secret labelled like the pod, mounted
+    read-only in the build container only, and used as the pod's pull secret."""
+    from runner_driver.podspec import plan
+
+    built = plan(SETTINGS, with_login())
+    secret = built.secret
+    assert secret is not None
+    name = f"{built.pod['metadata']['name']}-docker"
+    assert (secret["metadata"]["name"], secret["type"]) == (name,
+                                                            "kubernetes.io/dockerconfigjson")
+    assert secret["metadata"]["labels"] == built.pod["metadata"]["labels"]
+    config = json.loads(base64.b64decode(secret["data"][".dockerconfigjson"]))
+    assert config == {"auths": {"registry.example.com": {
+        "auth": base64.b64encode(b"gitlab-ci-token:t0ken-t0ken").decode()}}}
+    volumes = {v["name"]: v for v in built.pod["spec"]["volumes"]}
+    assert volumes["docker-config"]["secret"]["secretName"] == name
+    mounts = {c["name"]: [m for m in c["volumeMounts"] if m["name"] == "docker-config"]
+              for c in built.pod["spec"]["containers"]}
+    assert mounts == {"helper": [], "build": [{"name": "docker-config", "readOnly": True,
+                                               "mountPath": "/runner-driver-secrets/docker"}]}
+    assert built.pod["spec"]["imagePullSecrets"] == [{"name": name}]
+    assert "t0ken-t0ken" not in json.dumps(built.pod)
+    assert plan(SETTINGS, make_job()).secret is None
+
+
+def test_templates_and_patches_may_not_touch_the_login_or_proxy_fields() -> None:
+    """The Secret volume and the proxy variables are the driver's: a patch removing them is
+    refused naming the path."""
+    from runner_driver.settings import ProxySettings
+
+    proxied = replace(layered(patch=[{"op": "remove", "path": "/spec/volumes/5"}]),
+                      proxy=ProxySettings(http_proxy="http://proxy:3128"))
+    with pytest.raises(ConfigError, match=r"changes spec\.volumes\[docker-config\]"):
+        build_pod(proxied, with_login())
+    unproxy = replace(layered(patch=[{"op": "remove", "path": "/spec/containers/0/env/4"}]),
+                      proxy=ProxySettings(http_proxy="http://proxy:3128"))
+    with pytest.raises(ConfigError, match=r"changes spec\.containers\[helper\]\.env\[HTTP_PROXY\]"):
+        build_pod(unproxy, make_job())
+
+
+def test_proxy_variables_go_to_both_containers_with_build_args_for_kaniko() -> None:
+    """Each proxy setting is set upper- and lower-case in both containers; the build
+    container also gets the --build-arg flags."""
+    from runner_driver.settings import ProxySettings
+
+    settings = replace(SETTINGS, proxy=ProxySettings(https_proxy="http://p:3128",
+                                                     no_proxy=".svc"))
+    found = containers(build_pod(settings, make_job()))
+    for name in ("helper", "build"):
+        env = env_of(found[name])
+        assert (env["HTTPS_PROXY"], env["https_proxy"], env["NO_PROXY"], env["no_proxy"]) == \
+            ("http://p:3128", "http://p:3128", ".svc", ".svc")
+        assert "HTTP_PROXY" not in env
+    assert env_of(found["build"])["RUNNER_DRIVER_PROXY_BUILD_ARGS"] == (
+        "--build-arg=HTTPS_PROXY=http://p:3128 --build-arg=https_proxy=http://p:3128 "
+        "--build-arg=NO_PROXY=.svc --build-arg=no_proxy=.svc")
+    assert "RUNNER_DRIVER_PROXY_BUILD_ARGS" not in env_of(found["helper"])
+
+
+@pytest.mark.parametrize(("image", "warned"), [
+    ("gcr.io/kaniko-project/executor:v1.8.1-debug", True),
+    ("gcr.io/kaniko-project/executor:v1.9.0-debug", False),
+    ("gcr.io/kaniko-project/executor:v1.23.2-debug", False),
+    ("gcr.io/kaniko-project/executor:debug", False),
+    ("ghcr.io/osscontainertools/kaniko:v1.2.0-debug", False),
+])
+def test_upstream_kaniko_before_1_9_is_warned_about(image: str, warned: bool) -> None:
+    """An upstream kaniko image older than v1.9.0 gets a WARNING note naming the symptom."""
+    from runner_driver.podspec import plan
+
+    notes = plan(SETTINGS, make_job(job_image=image)).notes
+    assert any("kaniko should only be run inside of a container" in n for n in notes) == warned

@@ -347,11 +347,13 @@ def test_response_file_token_is_a_secret(job_in: Any) -> None:
 
 
 def test_registry_credentials_in_the_payload_are_secrets(job_in: Any) -> None:
-    """Passwords of the payload's `credentials` list are collected."""
+    """Passwords of the payload's `credentials` list are collected, with each login's
+    `user:password` (whose base64 config.json holds); malformed entries are skipped."""
     job = job_in({**PAYLOAD, "credentials": [
         {"type": "registry", "url": "registry.example.com", "username": "u",
          "password": "registry-pass-1"}, {"type": "registry", "password": 5}, "odd"]})
-    assert job.secrets == ("registry-pass-1",)
+    assert job.secrets == ("registry-pass-1", "u:registry-pass-1")
+    assert [(c.registry, c.username) for c in job.registries] == [("registry.example.com", "u")]
 
 
 @pytest.mark.parametrize("fields", [

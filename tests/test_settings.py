@@ -55,10 +55,10 @@ def _section_text(text: str, section: str) -> str:
 
 
 def test_model_has_the_documented_sections() -> None:
-    """The tables this test module introspects are the eleven the example documents."""
+    """The tables this test module introspects are the thirteen the example documents."""
     assert [name for name, _ in _sections()] == [
         "kubernetes", "pod", "build", "helper", "logging", "agent", "manager", "overrides",
-        "overrides.build", "overrides.helper", "security"]
+        "overrides.build", "overrides.helper", "security", "registry", "proxy"]
     assert len(SECTION_KEYS) >= 50
 
 
@@ -616,6 +616,14 @@ def test_unreadable_pod_files_name_the_key_and_file(tmp_path: Path, files: dict[
                  id="negative-uid"),
     pytest.param('[overrides]\nbuild = "8Gi"', "overrides.build: expected a table, got a string",
                  id="cap-not-table"),
+    pytest.param('[proxy]\nhttp_proxy = "proxy:3128"', "proxy.http_proxy: must be a URL",
+                 id="proxy-not-a-url"),
+    pytest.param('[proxy]\nhttps_proxy = "http://u:p@proxy:3128"',
+                 "proxy.https_proxy: must not hold credentials", id="proxy-credentials"),
+    pytest.param('[proxy]\nno_proxy = "a, b"', "proxy.no_proxy: must be a comma-separated",
+                 id="no-proxy-spaces"),
+    pytest.param('[registry]\nsecrets = ["Corp_Registry"]',
+                 "registry.secrets: must hold Secret names", id="registry-secret-name"),
 ])
 def test_new_pod_keys_are_checked(tmp_path: Path, toml: str, expected: str) -> None:
     """Size limits, ephemeral storage, caps, patterns and exceptions are checked at load,

@@ -51,7 +51,7 @@ def run_demo(out: TextIO = sys.stdout) -> int:
     out.write("runner-driver demo: the Kubernetes cluster below is EMULATED (runner-driver's "
               "embedded emulator: real HTTP API and exec websockets, containers in bubblewrap "
               "sandboxes), and the kaniko executor in it is a STAND-IN that checks flags, "
-              "credentials and TLS but builds and pushes nothing. A runner stand-in calls "
+              "credentials and TLS and builds nothing. A runner stand-in calls "
               "the driver's stages exactly as gitlab-runner does.\n\n")
     out.flush()
     with tempfile.TemporaryDirectory(prefix="runner-driver-demo-") as scratch, \

@@ -46,17 +46,18 @@ class Cluster:
             else {"namespace": self.namespace}
 
     def _once(self, what: str, method: str, path: str, name: str = "", query: Query = (),
-              body: Any = None) -> Any:
+              body: Any = None, content_type: str = "") -> Any:
         try:
             return self._rest.call(method, path, self._params(name), self._timeout, query,
-                                   body)
+                                   body, content_type)
         except Exception as error:
             raise api_error(what, error) from error
 
     def _call(self, what: str, method: str, path: str, name: str = "", query: Query = (),
-              body: Any = None) -> Any:
+              body: Any = None, content_type: str = "") -> Any:
         """One API request, retried while it fails transiently."""
-        return self._retry.retrying(what)(self._once, what, method, path, name, query, body)
+        return self._retry.retrying(what)(self._once, what, method, path, name, query, body,
+                                          content_type)
 
     # --- pods -------------------------------------------------------------------
 
@@ -93,9 +94,13 @@ class Cluster:
 
     def read_pod(self, name: str) -> dict[str, Any] | None:
         """The pod, or None when it does not exist."""
+        return self._read(f"reading pod {self.namespace}/{name}",
+                          rest.pods(self.namespace, name), name)
+
+    def _read(self, what: str, path: str, name: str) -> dict[str, Any] | None:
+        """One object, or None when it does not exist."""
         try:
-            return dict(self._call(f"reading pod {self.namespace}/{name}", "GET",
-                                   rest.pods(self.namespace, name), name))
+            return dict(self._call(what, "GET", path, name))
         except ClusterError as error:
             if error.status == 404:
                 return None
@@ -149,13 +154,29 @@ class Cluster:
 
     # --- objects owned by the pod -------------------------------------------------
 
-    def create_secret(self, manifest: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
-        """Create a per-job secret owned by the pod `owner`, so it goes when the pod goes."""
-        body = {**manifest, "metadata": {**manifest["metadata"],
-                                         "ownerReferences": [owner_reference(owner)]}}
+    def create_secret(self, manifest: dict[str, Any],
+                      owner: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create a per-job secret, owned by the pod `owner` if given (it goes with it)."""
+        body = manifest if owner is None else {
+            **manifest, "metadata": {**manifest["metadata"],
+                                     "ownerReferences": [owner_reference(owner)]}}
         name = body["metadata"]["name"]
         return dict(self._call(f"creating secret {self.namespace}/{name}", "POST",
-                               rest.secrets(self.namespace), body=body))
+                               rest.secrets(self.namespace), query=[("fieldValidation",
+                                                                     "Strict")],
+                               body=body))
+
+    def own_secret(self, name: str, owner: dict[str, Any]) -> None:
+        """Make the pod `owner` the secret's owner, so Kubernetes deletes it with the pod."""
+        patch = {"metadata": {"ownerReferences": [owner_reference(owner)]}}
+        self._call(f"setting the owner of secret {self.namespace}/{name}", "PATCH",
+                   rest.secrets(self.namespace, name), name, body=patch,
+                   content_type="application/merge-patch+json")
+
+    def read_secret(self, name: str) -> dict[str, Any] | None:
+        """The secret, or None when it does not exist."""
+        return self._read(f"reading secret {self.namespace}/{name}",
+                          rest.secrets(self.namespace, name), name)
 
     def list_secrets(self, label_selector: str) -> list[dict[str, Any]]:
         """The secrets whose labels match `label_selector` (values are not used)."""

@@ -57,14 +57,14 @@ class Rest:
         self._client = ApiClient(configuration)
 
     def call(self, method: str, path: str, params: dict[str, str], timeout: float,
-             query: Query = (), body: Any = None) -> Any:
+             query: Query = (), body: Any = None, content_type: str = "") -> Any:
         """Send one request; its JSON answer.
 
         Raises:
             ApiException: the server answered outside 2xx (status, reason, body kept).
             urllib3.exceptions.HTTPError, OSError: no answer.
         """
-        response = self._send(method, path, params, timeout, query, body)
+        response = self._send(method, path, params, timeout, query, body, content_type)
         return json.loads(response.read())
 
     def watch(self, path: str, params: dict[str, str], timeout: float,
@@ -136,9 +136,12 @@ class Rest:
         return ExecSocket(sock)
 
     def _send(self, method: str, path: str, params: dict[str, str], timeout: float,
-              query: Query, body: Any) -> Any:
+              query: Query, body: Any, content_type: str = "") -> Any:
+        headers = dict(_JSON_HEADERS)
+        if content_type:  # a PATCH names its kind (merge-patch+json, ...)
+            headers["Content-Type"] = content_type
         serialized = self._client.param_serialize(
-            method, path, params, list(query), dict(_JSON_HEADERS), body,
+            method, path, params, list(query), headers, body,
             auth_settings=["BearerToken"])
         response = self._client.call_api(*serialized, _request_timeout=timeout)
         if not 200 <= response.status <= 299:

@@ -1,0 +1,173 @@
+"""Registry logins reach kaniko's config.json end to end, through a Secret owned by the pod,
+and leak nowhere."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from runner_driver.emulator.runner import Job
+from runner_driver.logs import forms
+
+from .conftest import make_runner, next_job_id, wait_for
+
+TOKEN = "glcbt-64_secretjobtoken0123456789"  # the runner emulator's job token
+PROXY_PASSWORD = "proxy-s3cret-pass"
+OVERRIDE_PASSWORD = "override-s3cret-pass"
+OPERATOR_PASSWORD = "operator-s3cret-pass"
+
+
+def auth(user: str, password: str) -> dict[str, str]:
+    """A config.json `auths` entry as Docker writes it."""
+    return {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def driver_secrets(core: client.CoreV1Api) -> list[str]:
+    """Names of the secrets the driver labelled in `default`."""
+    return [s.metadata.name for s in core.list_namespaced_secret(
+        "default", label_selector="app.kubernetes.io/managed-by=runner-driver").items]
+
+
+def seen_config(session: Any) -> dict[str, Any]:
+    """The config.json the build container sees."""
+    call = session.run_body("build_script", "cat /kaniko/.docker/config.json\n")
+    assert call.exit_code == 0, call.stderr
+    parsed: dict[str, Any] = json.loads(call.stdout)
+    return parsed
+
+
+def assert_nowhere(text: bytes, *secrets: str) -> None:
+    """None of `secrets` shows in `text` in any of the forms the redactor knows."""
+    for secret in secrets:
+        for form in forms(secret):
+            assert form.encode() not in text, form
+
+
+def test_the_jobs_registry_login_is_in_kanikos_config_json(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> None:
+    """With only GitLab's predefined CI_REGISTRY variables, config.json holds exactly that
+    login; the Secret is owned by the pod while the job runs and gone after it; the job
+    log names the registry and the source, and no form of the token."""
+    runner = make_runner(kubeconfig, tmp_path)
+    with runner.session(Job(job_id=next_job_id())) as session:
+        log = bytes(session.log)  # what the driver wrote, before the job prints config.json
+        config = seen_config(session)
+        secret = core.read_namespaced_secret(f"{session.hostname}-docker", "default")
+        pod = core.read_namespaced_pod(session.hostname, "default")
+    assert config == {"auths": {"registry.example.com": auth("gitlab-ci-token", TOKEN)}}
+    assert secret.type == "kubernetes.io/dockerconfigjson"
+    assert [o.uid for o in secret.metadata.owner_references] == [pod.metadata.uid]
+    assert b"Registry credentials for kaniko: registry.example.com (CI_REGISTRY_USER); " \
+           b"no proxy\n" in log
+    assert_nowhere(log, TOKEN, f"gitlab-ci-token:{TOKEN}")
+    wait_for(lambda: not driver_secrets(core), timeout=20, what="the job's secret gone")
+
+
+def test_every_source_merges_per_registry_with_the_jobs_choice_last(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> None:
+    """Operator secret, job login, dependency proxy (port stripped) and DOCKER_AUTH_CONFIG
+    merge per registry, DOCKER_AUTH_CONFIG winning; helpers pass through; the pod spec and
+    the job log hold no secret."""
+    operator = {"auths": {"registry.example.com": auth("operator", OPERATOR_PASSWORD),
+                          "quay.example.com": auth("operator", OPERATOR_PASSWORD)},
+                "credHelpers": {"123.dkr.ecr.eu-west-1.amazonaws.com": "ecr-login"}}
+    core.create_namespaced_secret("default", {
+        "metadata": {"name": "corp-registry"}, "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(operator).encode()).decode()}})
+    try:
+        runner = make_runner(kubeconfig, tmp_path, '[registry]\nsecrets = ["corp-registry"]\n')
+        override = {"auths": {"quay.example.com": auth("robot", OVERRIDE_PASSWORD)}}
+        job = Job(job_id=next_job_id(), variables=(
+            ("CI_DEPENDENCY_PROXY_SERVER", "gitlab.example.com:443"),
+            ("CI_DEPENDENCY_PROXY_USER", "proxy-user"),
+            ("CI_DEPENDENCY_PROXY_PASSWORD", PROXY_PASSWORD),
+            ("DOCKER_AUTH_CONFIG", json.dumps(override))), masked=frozenset())
+        with runner.session(job) as session:
+            log = bytes(session.log)  # before the job prints config.json itself
+            config = seen_config(session)
+            pod = core.read_namespaced_pod(session.hostname, "default")
+    finally:
+        core.delete_namespaced_secret("corp-registry", "default")
+    assert config == {
+        "auths": {"registry.example.com": auth("gitlab-ci-token", TOKEN),
+                  "quay.example.com": auth("robot", OVERRIDE_PASSWORD),
+                  "gitlab.example.com": auth("proxy-user", PROXY_PASSWORD)},
+        "credHelpers": {"123.dkr.ecr.eu-west-1.amazonaws.com": "ecr-login"}}
+    assert (b"Registry credentials for kaniko: gitlab.example.com (dependency proxy), "
+            b"quay.example.com (DOCKER_AUTH_CONFIG), registry.example.com (CI_REGISTRY_USER), "
+            b"123.dkr.ecr.eu-west-1.amazonaws.com (credential helper ecr-login); no proxy\n") \
+        in log
+    spec = json.dumps(client.ApiClient().sanitize_for_serialization(pod)).encode()
+    for text in (spec, log):
+        assert_nowhere(text, TOKEN, PROXY_PASSWORD, OVERRIDE_PASSWORD, OPERATOR_PASSWORD,
+                       f"proxy-user:{PROXY_PASSWORD}", f"robot:{OVERRIDE_PASSWORD}")
+
+
+def test_a_malformed_docker_auth_config_fails_the_job_before_anything_exists(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> None:
+    """A DOCKER_AUTH_CONFIG that is not JSON is the job's failure, naming the variable and
+    the error's position, never the value; no pod or secret is created."""
+    runner = make_runner(kubeconfig, tmp_path)
+    value = '{"auths": {"r.example.com": {"auth": "c2VjcmV0LXZhbHVl"}'
+    result = runner.run_job(Job(job_id=next_job_id(),
+                                variables=(("DOCKER_AUTH_CONFIG", value),)))
+    prepare = result.call("prepare")
+    assert result.failure_reason == "script_failure"
+    assert b"reading DOCKER_AUTH_CONFIG: not JSON: Expecting ',' delimiter at line 1 " \
+           b"column 57 (char 56)" in prepare.stderr
+    assert b"c2VjcmV0LXZhbHVl" not in prepare.stderr + prepare.stdout
+    assert not driver_secrets(core)
+
+
+def test_a_failed_start_leaves_no_secret(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> None:
+    """A pod that cannot start is deleted, and its Secret with it (it is the pod's)."""
+    runner = make_runner(kubeconfig, tmp_path, "[pod]\nunschedulable_timeout_seconds = 1\n"
+                                               '[build]\ncpu_request = "1000"\n')
+    result = runner.run_job(Job(job_id=next_job_id()))
+    assert result.failure_reason == "runner_system_failure"
+    assert result.stages.count("prepare") == 3
+    wait_for(lambda: not driver_secrets(core), timeout=20, what="no secret left")
+
+
+def test_a_missing_operator_secret_fails_prepare_naming_it(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> None:
+    """A registry secret named in the settings that does not exist fails prepare with its
+    name and the settings key, before anything is created."""
+    runner = make_runner(kubeconfig, tmp_path, '[registry]\nsecrets = ["nope"]\n')
+    result = runner.run_job(Job(job_id=next_job_id()))
+    prepare = result.call("prepare")
+    assert result.failure_reason == "runner_system_failure"
+    assert b"reading registry secret default/nope (registry.secrets in " in prepare.stderr
+    assert b"it does not exist" in prepare.stderr
+    assert not driver_secrets(core)
+
+
+def test_proxy_settings_reach_both_containers_and_kanikos_build_args(
+        kubeconfig: Path, tmp_path: Path) -> None:
+    """[proxy] sets both spellings of the proxy variables in the helper and the build
+    container, the build-arg flags for kaniko, and the summary line says so."""
+    runner = make_runner(kubeconfig, tmp_path,
+                         '[proxy]\nhttp_proxy = "http://proxy.example.com:3128"\n'
+                         'https_proxy = "http://proxy.example.com:3128"\n'
+                         'no_proxy = "localhost,.svc"\n')
+    probe = 'echo "$HTTP_PROXY|$https_proxy|$NO_PROXY|$no_proxy"\n'
+    with runner.session(Job(job_id=next_job_id())) as session:
+        log = bytes(session.log)
+        helper = session.run_body("get_sources", probe)
+        build = session.run_body("build_script", probe + 'echo "$RUNNER_DRIVER_PROXY_BUILD_ARGS"\n')
+    expected = b"http://proxy.example.com:3128|http://proxy.example.com:3128|localhost,.svc|" \
+               b"localhost,.svc\n"
+    assert helper.stdout == expected
+    assert build.stdout == expected + (
+        b"--build-arg=HTTP_PROXY=http://proxy.example.com:3128 "
+        b"--build-arg=http_proxy=http://proxy.example.com:3128 "
+        b"--build-arg=HTTPS_PROXY=http://proxy.example.com:3128 "
+        b"--build-arg=https_proxy=http://proxy.example.com:3128 "
+        b"--build-arg=NO_PROXY=localhost,.svc --build-arg=no_proxy=localhost,.svc\n")
+    assert b"; proxy: http_proxy http://proxy.example.com:3128, https_proxy " \
+           b"http://proxy.example.com:3128 (not for localhost,.svc)\n" in log
