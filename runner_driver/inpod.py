@@ -23,6 +23,11 @@ _IDLE = "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"
 # container: away from /kaniko/.docker, which stays writable for pipelines that still
 # write config.json themselves.
 DOCKER_SECRET_DIR = "/runner-driver-secrets/docker"  # noqa: S105 - a path
+# The CA bundle the job must trust (operator's and the runner's), in both containers; the
+# helper gets it joined to its system bundle here (GIT_SSL_CAINFO and SSL_CERT_FILE
+# replace the default store, they do not add to it), kaniko appended to its own.
+CA_DIR = "/runner-driver-secrets/ca"
+CA_BUNDLE = f"{DRIVER_DIR}/ca-bundle.crt"
 # The build container runs as root; the helper may not (helper.run_as_user): the run
 # directory both containers' launchers write is made writable for both at start. The
 # job's config.json is copied to where kaniko (and crane, with DOCKER_CONFIG) read it.
@@ -30,10 +35,16 @@ BUILD_ENTRYPOINT = ("/busybox/sh", "-c", f"""mkdir -p {RUN_DIR} && chmod 777 {RU
 if [ -f {DOCKER_SECRET_DIR}/config.json ]; then
   mkdir -p /kaniko/.docker && cp {DOCKER_SECRET_DIR}/config.json /kaniko/.docker/config.json
 fi
+if [ -f {CA_DIR}/ca.crt ]; then
+  mkdir -p /kaniko/ssl/certs && cat {CA_DIR}/ca.crt >> /kaniko/ssl/certs/ca-certificates.crt
+fi
 {_IDLE}""")
 # The cache and artifact stages call `gitlab-runner` by that exact name, and the
 # official helper image ships only `gitlab-runner-helper`: give it the other name.
 HELPER_ENTRYPOINT = ("/bin/sh", "-c", f"""mkdir -p {BIN_DIR}
+if [ -f {CA_DIR}/ca.crt ]; then
+  cat /etc/ssl/certs/ca-certificates.crt {CA_DIR}/ca.crt > {CA_BUNDLE} 2>/dev/null
+fi
 helper=$(command -v gitlab-runner-helper || command -v gitlab-runner || true)
 [ -n "$helper" ] && ln -sf "$helper" {BIN_DIR}/gitlab-runner
 {_IDLE}""")

@@ -49,6 +49,8 @@ from .errors import ConfigError, JobFailed
 from .inpod import (
     BIN_DIR,
     BUILD_ENTRYPOINT,
+    CA_BUNDLE,
+    CA_DIR,
     DOCKER_SECRET_DIR,
     DRIVER_DIR,
     HELPER_ENTRYPOINT,
@@ -232,10 +234,12 @@ def build_pod(settings: Settings, job: JobContext) -> dict[str, Any]:
 
 
 def plan(settings: Settings, job: JobContext,
-         operator_registries: tuple[tuple[str, dict[str, Any]], ...] = ()) -> PodPlan:
+         operator_registries: tuple[tuple[str, dict[str, Any]], ...] = (),
+         operator_ca: str = "") -> PodPlan:
     """The job's pod, built layer by layer (see the table above), with its notes and
-    its registry Secret. `operator_registries` are the operator's registry Secrets as
-    (name, parsed .dockerconfigjson), read by `prepare`.
+    its Secret (registry logins, CA bundle). `operator_registries` are the operator's
+    registry Secrets as (name, parsed .dockerconfigjson) and `operator_ca` the PEM of
+    `[tls] ca_secret`/`ca_configmap`, both read by `prepare`.
 
     Raises:
         ConfigError: the job has no well-formed nonce; the template or patch changes a
@@ -249,11 +253,14 @@ def plan(settings: Settings, job: JobContext,
                           "(prepare mints one when config did not)")
     reference = _defaults(settings, job)
     docker = credentials.docker_config(job, operator_registries)
-    secret = None if docker.empty else docker_secret(settings, job, docker)
-    if secret is not None:
-        # The credential and proxy layers' fields are the driver's own, like the
-        # defaults'.
+    ca = ca_bundle(settings, operator_ca, job)
+    secret = job_secret(settings, job, docker, ca)
+    # The credential, CA and proxy layers' fields are the driver's own, like the
+    # defaults'.
+    if secret is not None and not docker.empty:
         _with_registry_logins(reference, secret["metadata"]["name"])
+    if secret is not None and ca:
+        _with_ca(reference, secret["metadata"]["name"])
     _with_proxy(reference, settings)
     pod = copy.deepcopy(reference)
     if settings.pod_template is not None:
@@ -264,7 +271,8 @@ def plan(settings: Settings, job: JobContext,
     if settings.pod_patch is not None:
         pod = patch_layer(pod, settings, reference)
     check(pod, settings, reference)
-    summary = docker.summary() + "; " + proxy_summary(settings)
+    summary = "; ".join((docker.summary(), ca_summary(settings, operator_ca, job),
+                         proxy_summary(settings)))
     notes = applied.notes + _old_kaniko(build_image(settings, job))
     return PodPlan(pod, notes, secret, summary)
 
@@ -326,18 +334,64 @@ def docker_secret_name(settings: Settings, job: JobContext) -> str:
     return f"{pod_name(settings, job)}-docker"
 
 
-def docker_secret(settings: Settings, job: JobContext,
-                  docker: credentials.DockerConfig) -> dict[str, Any]:
-    """The job's registry logins as a kubernetes.io/dockerconfigjson Secret, labelled
-    like its pod (so `gc` finds it when a fault leaves it behind)."""
+def job_secret(settings: Settings, job: JobContext, docker: credentials.DockerConfig,
+               ca: str) -> dict[str, Any] | None:
+    """The job's Secret: its registry logins (a kubernetes.io/dockerconfigjson Secret, so
+    it also pulls the images) and the CA bundle it trusts; labelled like its pod (so `gc`
+    finds it when a fault leaves it behind). None when there is neither."""
+    data: dict[str, str] = {}
+    if not docker.empty:
+        data[credentials.SECRET_KEY] = base64.b64encode(docker.json_bytes()).decode()
+    if ca:
+        data[CA_KEY] = base64.b64encode(ca.encode()).decode()
+    if not data:
+        return None
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "type": "kubernetes.io/dockerconfigjson",
+        "type": "kubernetes.io/dockerconfigjson" if not docker.empty else "Opaque",
         "metadata": {"name": docker_secret_name(settings, job),
                      "labels": labels(settings, job)},
-        "data": {credentials.SECRET_KEY: base64.b64encode(docker.json_bytes()).decode()},
+        "data": data,
     }
+
+
+CA_KEY = "ca.crt"
+CA_VOLUME = "ca-bundle"
+
+
+def ca_bundle(settings: Settings, operator_ca: str, job: JobContext) -> str:
+    """The PEM the job must trust: the operator's (file, Secret or ConfigMap), then the
+    runner's (CI_SERVER_TLS_CA_FILE); "" when none."""
+    parts = [p.strip() + "\n" for p in (settings.ca_pem, operator_ca, job.server_ca)
+             if p.strip()]
+    return "".join(parts)
+
+
+def ca_summary(settings: Settings, operator_ca: str, job: JobContext) -> str:
+    """The CA part of the job log's summary line."""
+    sources = [name for name, value in (
+        (f"tls.ca_file {settings.tls.ca_file}", settings.ca_pem),
+        ("the operator's CA " + (settings.tls.ca_secret or settings.tls.ca_configmap),
+         operator_ca),
+        ("CI_SERVER_TLS_CA_FILE", job.server_ca)) if value.strip()]
+    return f"custom CA: {', '.join(sources)}" if sources else "no custom CA"
+
+
+def _with_ca(pod: dict[str, Any], secret: str) -> None:
+    """The CA layer: the bundle mounted read-only in both containers; the build
+    entrypoint appends it to kaniko's trust store, the helper's joins it to the system
+    bundle that git and the runner helper are pointed at."""
+    spec = pod["spec"]
+    spec["volumes"].append({"name": CA_VOLUME, "secret": {
+        "secretName": secret, "defaultMode": 0o444,
+        "items": [{"key": CA_KEY, "path": "ca.crt"}]}})
+    for container in spec["containers"]:
+        container["volumeMounts"].append({"name": CA_VOLUME, "mountPath": CA_DIR,
+                                          "readOnly": True})
+        if container["name"] == HELPER:
+            container["env"] += [{"name": "SSL_CERT_FILE", "value": CA_BUNDLE},
+                                 {"name": "GIT_SSL_CAINFO", "value": CA_BUNDLE}]
 
 
 def _with_registry_logins(pod: dict[str, Any], secret: str) -> None:

@@ -50,7 +50,8 @@ def prepare(settings: Settings, job: JobContext, cluster: Cluster, out: TextIO
                           "runner-driver stages must be started by gitlab-runner")
     if not job.nonce:
         job = replace(job, nonce=new_nonce())
-    built = plan(settings, job, _operator_registries(cluster, settings))
+    built = plan(settings, job, _operator_registries(cluster, settings),
+                 _operator_ca(cluster, settings))
     manifest = built.pod
     name = manifest["metadata"]["name"]
     images = {c["name"]: c["image"] for c in manifest["spec"]["containers"]}
@@ -231,6 +232,35 @@ def _operator_registries(cluster: Cluster, settings: Settings
         except JobFailed as error:  # the operator's mistake, not the job's
             raise ConfigError(f"{error} (registry.secrets in {settings.source})") from None
     return tuple(found)
+
+
+def _operator_ca(cluster: Cluster, settings: Settings) -> str:
+    """The PEM of `[tls] ca_secret` and `ca_configmap` (key ca.crt); "" when unset.
+
+    Raises:
+        ConfigError: a named object is missing or has no ca.crt certificate.
+    """
+    found = []
+    for key, kind, read in (("ca_secret", "secret", cluster.read_secret),
+                            ("ca_configmap", "configmap", cluster.read_configmap)):
+        name = getattr(settings.tls, key)
+        if not name:
+            continue
+        where = (f"reading the CA {kind} {cluster.namespace}/{name} (tls.{key} in "
+                 f"{settings.source})")
+        obj = read(name)
+        if obj is None:
+            raise ConfigError(f"{where}: it does not exist")
+        value = (obj.get("data") or {}).get("ca.crt", "")
+        if kind == "secret" and value:
+            try:
+                value = base64.b64decode(value).decode("ascii")
+            except ValueError:
+                value = ""
+        if "-----BEGIN CERTIFICATE-----" not in value:
+            raise ConfigError(f"{where}: it has no ca.crt key holding PEM certificates")
+        found.append(value)
+    return "\n".join(found)
 
 
 def _create_secret(cluster: Cluster, secret: dict[str, Any], settings: Settings,

@@ -213,6 +213,9 @@ class JobContext:
     # values are only ever put into the job's own config.json).
     registries: tuple[RegistryCredential, ...] = field(default=(), repr=False)
     registry_variables: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # The CA the runner verified GitLab with (the file variable CI_SERVER_TLS_CA_FILE,
+    # whose value is the PEM text): trusted in the pod too.
+    server_ca: str = field(default="", repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
@@ -257,6 +260,7 @@ class JobContext:
             registries=payload.registries,
             registry_variables=tuple((name, env[PREFIX + name]) for name in REGISTRY_VARIABLES
                                      if env.get(PREFIX + name)),
+            server_ca=_pem(env.get(PREFIX + "CI_SERVER_TLS_CA_FILE", "")),
             secrets=_secrets(env, payload),
         )
 
@@ -329,6 +333,11 @@ def _payload_secrets(payload: dict[str, Any]) -> tuple[str, ...]:
         if isinstance(credential, dict) and isinstance(credential.get("password"), str):
             found.add(credential["password"])
     return tuple(found)
+
+
+def _pem(value: str) -> str:
+    """`value` if it holds PEM certificates (a file variable's text), else ""."""
+    return value if "-----BEGIN CERTIFICATE-----" in value else ""
 
 
 def _registries(payload: dict[str, Any]) -> tuple[RegistryCredential, ...]:

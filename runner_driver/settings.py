@@ -146,6 +146,17 @@ class ProxySettings:
     no_proxy: str = ""
 
 
+@dataclass(frozen=True)
+class TlsSettings:
+    """A private CA that job pods must trust (GitLab, registries, proxies behind it)."""
+
+    # A PEM file on the runner manager (relative to the settings file), and/or a Secret
+    # or ConfigMap in the job namespace holding it under the key ca.crt.
+    ca_file: str = ""
+    ca_secret: str = ""
+    ca_configmap: str = ""
+
+
 # The Pod Security Standards "baseline" controls an operator may opt out of.
 SECURITY_EXCEPTIONS = ("privileged", "host_namespaces", "host_path", "host_ports",
                        "capabilities", "seccomp", "proc_mount", "sysctls", "selinux",
@@ -198,18 +209,21 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    tls: TlsSettings = field(default_factory=TlsSettings)
     source: str = "built-in defaults"
     # Read from the files `pod.template` and `pod.patch` name, when `load` runs.
     pod_template: dict[str, Any] | None = field(default=None, compare=False)
     pod_patch: tuple[Any, ...] | None = field(default=None, compare=False)
+    # Read from `tls.ca_file` when `load` runs.
+    ca_pem: str = field(default="", compare=False, repr=False)
 
     def watched_files(self) -> list[str]:
         """Files whose change makes these settings stale."""
-        return [self.source, *(resolve(self, p) for p in (self.pod.template, self.pod.patch)
-                               if p)]
+        return [self.source, *(resolve(self, p) for p in (self.pod.template, self.pod.patch,
+                                                          self.tls.ca_file) if p)]
 
 
-_DERIVED = ("source", "pod_template", "pod_patch")
+_DERIVED = ("source", "pod_template", "pod_patch", "ca_pem")
 
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -220,6 +234,7 @@ _CPU = re.compile(r"(\d+(\.\d+)?|\d+m)", re.ASCII)
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _MEMORY = re.compile(r"\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?", re.ASCII)
 FORMATS = ("console", "json")
+PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*",
                             re.ASCII)
 
@@ -300,7 +315,19 @@ def _read_pod_files(settings: Settings, path: Path) -> Settings:
                               f"(a list of operations such as {{op: remove, path: /spec/x}}), "
                               f"got {_kind(operations)}")
         patch = tuple(operations)
-    return replace(settings, pod_template=template, pod_patch=patch)
+    ca = ""
+    if settings.tls.ca_file:
+        file = resolve(settings, settings.tls.ca_file)
+        where = f"reading driver config {path}: tls.ca_file: {file}"
+        try:
+            ca = Path(file).read_text(encoding="ascii")
+        except OSError as error:
+            raise ConfigError(f"{where}: {error.strerror or error}") from error
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{where}: not a PEM file ({error.reason})") from error
+        if PEM_CERTIFICATE not in ca:
+            raise ConfigError(f"{where}: not a PEM file: no {PEM_CERTIFICATE} line")
+    return replace(settings, pod_template=template, pod_patch=patch, ca_pem=ca)
 
 
 def resolve_manager(settings: Settings) -> Settings:
@@ -455,6 +482,11 @@ def _check(settings: Settings, path: Path) -> None:
     if any(c.isspace() for c in settings.proxy.no_proxy):
         raise fail("proxy.no_proxy", "must be a comma-separated list without spaces, such as "
                                      "localhost,.svc,.cluster.local,10.0.0.0/8")
+    for key in ("ca_secret", "ca_configmap"):
+        name = getattr(settings.tls, key)
+        if name and (not _DNS_SUBDOMAIN.fullmatch(name) or len(name) > 253):
+            raise fail(f"tls.{key}", f"must be an object name (lower-case letters, digits, "
+                                     f"'-' and '.'), got {name!r}")
     for name in settings.registry.secrets:
         if not _DNS_SUBDOMAIN.fullmatch(name) or len(name) > 253:
             raise fail("registry.secrets", f"must hold Secret names (lower-case letters, "

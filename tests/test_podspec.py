@@ -148,6 +148,9 @@ def test_representative_job_manifest_is_exact() -> None:
                    secrets=("glcbt-64_abcdefghijklmnop",))
     helper_program = (
         "mkdir -p /runner-driver/bin\n"
+        "if [ -f /runner-driver-secrets/ca/ca.crt ]; then\n"
+        "  cat /etc/ssl/certs/ca-certificates.crt /runner-driver-secrets/ca/ca.crt > "
+        "/runner-driver/ca-bundle.crt 2>/dev/null\nfi\n"
         "helper=$(command -v gitlab-runner-helper || command -v gitlab-runner || true)\n"
         '[ -n "$helper" ] && ln -sf "$helper" /runner-driver/bin/gitlab-runner\n'
         "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done")
@@ -223,6 +226,9 @@ def test_representative_job_manifest_is_exact() -> None:
                                 "if [ -f /runner-driver-secrets/docker/config.json ]; then\n"
                                 "  mkdir -p /kaniko/.docker && cp /runner-driver-secrets/docker/"
                                 "config.json /kaniko/.docker/config.json\nfi\n"
+                                "if [ -f /runner-driver-secrets/ca/ca.crt ]; then\n"
+                                "  mkdir -p /kaniko/ssl/certs && cat /runner-driver-secrets/"
+                                "ca/ca.crt >> /kaniko/ssl/certs/ca-certificates.crt\nfi\n"
                                 "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"],
                     "env": [{"name": "container", "value": "kube"},
                             {"name": "TMPDIR", "value": "/scratch"},
@@ -1282,3 +1288,31 @@ def test_upstream_kaniko_before_1_9_is_warned_about(image: str, warned: bool) ->
 
     notes = plan(SETTINGS, make_job(job_image=image)).notes
     assert any("kaniko should only be run inside of a container" in n for n in notes) == warned
+
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def test_a_ca_goes_to_both_containers_in_the_jobs_secret_not_the_spec() -> None:
+    """The operator's and the runner's CA are joined into the job's Secret (ca.crt),
+    mounted read-only in both containers; the helper's git and TLS clients are pointed
+    at the joined bundle; the summary names the sources; the PEM is not in the spec."""
+    from runner_driver.podspec import plan
+
+    settings = replace(SETTINGS, ca_pem=PEM,
+                       tls=replace(SETTINGS.tls, ca_file="/etc/runner-driver/ca.pem"))
+    runner_ca = PEM.replace("MIIB", "MIIC")
+    built = plan(settings, make_job(server_ca=runner_ca), operator_ca="")
+    assert built.secret is not None and built.secret["type"] == "Opaque"
+    assert base64.b64decode(built.secret["data"]["ca.crt"]).decode() == PEM + runner_ca
+    found = containers(built.pod)
+    for name in ("helper", "build"):
+        assert {"name": "ca-bundle", "mountPath": "/runner-driver-secrets/ca",
+                "readOnly": True} in found[name]["volumeMounts"]
+    assert env_of(found["helper"])["GIT_SSL_CAINFO"] == "/runner-driver/ca-bundle.crt"
+    assert env_of(found["helper"])["SSL_CERT_FILE"] == "/runner-driver/ca-bundle.crt"
+    assert "GIT_SSL_CAINFO" not in env_of(found["build"])
+    assert "imagePullSecrets" not in built.pod["spec"]
+    assert "MIIB" not in json.dumps(built.pod)
+    assert "custom CA: tls.ca_file /etc/runner-driver/ca.pem, CI_SERVER_TLS_CA_FILE" \
+        in built.registries

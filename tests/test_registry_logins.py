@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 
+from runner_driver.emulator.registry import TestRegistry
 from runner_driver.emulator.runner import Job
 from runner_driver.logs import forms
 
@@ -62,7 +65,7 @@ def test_the_jobs_registry_login_is_in_kanikos_config_json(
     assert secret.type == "kubernetes.io/dockerconfigjson"
     assert [o.uid for o in secret.metadata.owner_references] == [pod.metadata.uid]
     assert b"Registry credentials for kaniko: registry.example.com (CI_REGISTRY_USER); " \
-           b"no proxy\n" in log
+           b"no custom CA; no proxy\n" in log
     assert_nowhere(log, TOKEN, f"gitlab-ci-token:{TOKEN}")
     wait_for(lambda: not driver_secrets(core), timeout=20, what="the job's secret gone")
 
@@ -99,7 +102,8 @@ def test_every_source_merges_per_registry_with_the_jobs_choice_last(
         "credHelpers": {"123.dkr.ecr.eu-west-1.amazonaws.com": "ecr-login"}}
     assert (b"Registry credentials for kaniko: gitlab.example.com (dependency proxy), "
             b"quay.example.com (DOCKER_AUTH_CONFIG), registry.example.com (CI_REGISTRY_USER), "
-            b"123.dkr.ecr.eu-west-1.amazonaws.com (credential helper ecr-login); no proxy\n") \
+            b"123.dkr.ecr.eu-west-1.amazonaws.com (credential helper ecr-login); no custom CA; "
+            b"no proxy\n") \
         in log
     spec = json.dumps(client.ApiClient().sanitize_for_serialization(pod)).encode()
     for text in (spec, log):
@@ -171,3 +175,60 @@ def test_proxy_settings_reach_both_containers_and_kanikos_build_args(
         b"--build-arg=NO_PROXY=localhost,.svc --build-arg=no_proxy=localhost,.svc\n")
     assert b"; proxy: http_proxy http://proxy.example.com:3128, https_proxy " \
            b"http://proxy.example.com:3128 (not for localhost,.svc)\n" in log
+
+
+# Pushing through the driver to a registry behind a private CA (the emulator's TestRegistry:
+# TLS with a test CA, Basic auth), with no job changes beyond its usual kaniko line.
+
+REGISTRY_USER, REGISTRY_PASSWORD = "ci-pusher", "pusher-s3cret-pw"
+PUSH = ('mkdir -p /scratch/ctx && echo "FROM scratch" > /scratch/ctx/Dockerfile\n'
+        "/kaniko/executor --context /scratch/ctx --destination {address}/team/app:v1\n")
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[TestRegistry]:
+    """A TLS registry on 127.0.0.1 with a test CA and Basic auth."""
+    with TestRegistry(REGISTRY_USER, REGISTRY_PASSWORD) as started:
+        yield started
+
+
+def push(kubeconfig: Path, directory: Path, registry: TestRegistry, ca: bool,
+         login: bool) -> Any:
+    """Run a job whose script pushes with kaniko; the CA and login given by the runner's
+    settings and GitLab's CI_REGISTRY variables, or not."""
+    settings = f'[tls]\nca_file = "{registry.ca_file}"\n' if ca else ""
+    variables = (("CI_REGISTRY", registry.address), ("CI_REGISTRY_USER", REGISTRY_USER),
+                 ("CI_REGISTRY_PASSWORD", REGISTRY_PASSWORD)) if login else ()
+    runner = make_runner(kubeconfig, directory, settings)
+    job = Job(job_id=next_job_id(), variables=variables,
+              script=(PUSH.format(address=registry.address),))
+    return runner.run_job(job)
+
+
+def test_a_push_succeeds_with_the_ca_and_the_login_and_nothing_in_the_job(
+        kubeconfig: Path, tmp_path: Path, registry: TestRegistry) -> None:
+    """With the operator's CA file and the job's registry variables, the kaniko line alone
+    pushes; the summary names both; no form of the password is in the job log."""
+    before = len(registry.pushed)
+    result = push(kubeconfig, tmp_path, registry, ca=True, login=True)
+    assert result.status == "success", result.log.decode(errors="replace")
+    assert [(p.name, p.tag) for p in registry.pushed[before:]] == [("team/app", "v1")]
+    assert (f"Registry credentials for kaniko: {registry.address} (CI_REGISTRY_USER); "
+            f"custom CA: tls.ca_file {registry.ca_file}; no proxy\n").encode() in result.log
+    assert_nowhere(result.log, REGISTRY_PASSWORD, f"{REGISTRY_USER}:{REGISTRY_PASSWORD}")
+
+
+def test_without_the_login_the_push_fails_with_the_registrys_401(
+        kubeconfig: Path, tmp_path: Path, registry: TestRegistry) -> None:
+    """The CA alone is not enough: the registry answers 401, as kaniko reports it."""
+    result = push(kubeconfig, tmp_path, registry, ca=True, login=False)
+    assert result.failure_reason == "script_failure"
+    assert b"UNAUTHORIZED: authentication required" in result.log
+
+
+def test_without_the_ca_the_push_fails_on_the_certificate(
+        kubeconfig: Path, tmp_path: Path, registry: TestRegistry) -> None:
+    """The login alone is not enough: TLS to the registry does not verify."""
+    result = push(kubeconfig, tmp_path, registry, ca=False, login=True)
+    assert result.failure_reason == "script_failure"
+    assert b"x509:" in result.log

@@ -55,10 +55,10 @@ def _section_text(text: str, section: str) -> str:
 
 
 def test_model_has_the_documented_sections() -> None:
-    """The tables this test module introspects are the thirteen the example documents."""
+    """The tables this test module introspects are the fourteen the example documents."""
     assert [name for name, _ in _sections()] == [
         "kubernetes", "pod", "build", "helper", "logging", "agent", "manager", "overrides",
-        "overrides.build", "overrides.helper", "security", "registry", "proxy"]
+        "overrides.build", "overrides.helper", "security", "registry", "proxy", "tls"]
     assert len(SECTION_KEYS) >= 50
 
 
@@ -632,3 +632,20 @@ def test_new_pod_keys_are_checked(tmp_path: Path, toml: str, expected: str) -> N
     with pytest.raises(ConfigError) as caught:
         settings.load(path)
     assert str(caught.value).startswith(f"reading driver config {path}: {expected}")
+
+
+def test_a_ca_file_is_read_at_load_and_must_hold_a_certificate(tmp_path: Path) -> None:
+    """tls.ca_file is read when the settings load (relative to them) and watched; a file
+    without a PEM certificate is refused naming the key and the file."""
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    (tmp_path / "ca.pem").write_text(pem, encoding="ascii")
+    path = _write(tmp_path, '[tls]\nca_file = "ca.pem"\n')
+    loaded = settings.load(path)
+    assert loaded.ca_pem == pem
+    assert str(tmp_path / "ca.pem") in loaded.watched_files()
+    (tmp_path / "ca.pem").write_text("not a certificate\n", encoding="ascii")
+    with pytest.raises(ConfigError) as caught:
+        settings.load(path)
+    assert str(caught.value) == (f"reading driver config {path}: tls.ca_file: "
+                                 f"{tmp_path}/ca.pem: not a PEM file: no "
+                                 "-----BEGIN CERTIFICATE----- line")

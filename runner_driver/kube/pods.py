@@ -173,6 +173,11 @@ class Cluster:
                    rest.secrets(self.namespace, name), name, body=patch,
                    content_type="application/merge-patch+json")
 
+    def read_configmap(self, name: str) -> dict[str, Any] | None:
+        """The configmap, or None when it does not exist."""
+        return self._read(f"reading configmap {self.namespace}/{name}",
+                          rest.configmaps(self.namespace, name), name)
+
     def read_secret(self, name: str) -> dict[str, Any] | None:
         """The secret, or None when it does not exist."""
         return self._read(f"reading secret {self.namespace}/{name}",

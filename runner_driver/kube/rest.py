@@ -39,6 +39,11 @@ def secrets(namespace: str, name: str = "") -> str:
     return _path(namespace, "secrets", name)
 
 
+def configmaps(namespace: str, name: str = "") -> str:
+    """The path of the namespace's configmaps, or of one."""
+    return _path(namespace, "configmaps", name)
+
+
 def events(namespace: str) -> str:
     """The path of the namespace's core/v1 events."""
     return _path(namespace, "events", "")
