@@ -374,6 +374,24 @@ def assert_nothing_left(core: client.CoreV1Api, namespace: str = NS) -> None:
              timeout=20, what=f"no driver pods or secrets in {namespace}")
 
 
+def orphan_secrets(core: client.CoreV1Api, namespace: str = NS) -> list[str]:
+    """Driver secrets whose pod no longer exists (or that no pod owns)."""
+    alive = {p.metadata.uid for p in core.list_namespaced_pod(namespace).items
+             if p.metadata.deletion_timestamp is None}
+    return [s.metadata.name for s in core.list_namespaced_secret(
+                namespace, label_selector=MANAGED).items
+            if not any(o.uid in alive for o in s.metadata.owner_references or ())]
+
+
+@pytest.fixture(autouse=True)
+def no_secret_outlives_its_pod(core: client.CoreV1Api) -> Iterator[None]:
+    """After every fault test, each driver Secret left belongs to a pod that still exists
+    (a test may leave a pod on purpose: a killed runner's; its Secret goes with it)."""
+    yield
+    wait_for(lambda: not orphan_secrets(core), timeout=20,
+             what="no driver secret without its pod")
+
+
 def remaining_faults(cluster: EmulatedCluster) -> list[tuple[str, str, int]]:
     """Request faults armed but not yet consumed."""
     return cluster.call(lambda: [(f.method, f.path, f.count)

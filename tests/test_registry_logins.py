@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,11 +15,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from runner_driver.emulator import EmulatedCluster
 from runner_driver.emulator.registry import TestRegistry
-from runner_driver.emulator.runner import Job
+from runner_driver.emulator.runner import Cancel, Job
 from runner_driver.logs import forms
 
-from .conftest import make_runner, next_job_id, wait_for
+from .conftest import make_runner, next_job_id, pods_left, wait_for
 
 TOKEN = "glcbt-64_secretjobtoken0123456789"  # the runner emulator's job token
 PROXY_PASSWORD = "proxy-s3cret-pass"
@@ -232,3 +236,90 @@ def test_without_the_ca_the_push_fails_on_the_certificate(
     result = push(kubeconfig, tmp_path, registry, ca=False, login=True)
     assert result.failure_reason == "script_failure"
     assert b"x509:" in result.log
+
+
+# Faults: no Secret is left behind, whatever fails.
+
+
+def test_a_refused_pod_create_deletes_the_secret_made_for_it(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api,
+        cluster: EmulatedCluster) -> None:
+    """The Secret is created before the pod; when the API server refuses the pod (422), the
+    Secret is deleted again in the same attempt."""
+    runner = make_runner(kubeconfig, tmp_path)
+    cluster.fail_requests("POST", r"/api/v1/namespaces/default/pods$", count=3, status=422)
+    try:
+        result = runner.run_job(Job(job_id=next_job_id()))
+    finally:
+        cluster.clear_faults()
+    assert result.failure_reason == "runner_system_failure"
+    assert result.stages.count("prepare") == 3
+    assert not driver_secrets(core)
+
+
+def test_a_failed_owner_patch_removes_pod_and_secret(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api,
+        cluster: EmulatedCluster) -> None:
+    """If the Secret cannot be given its pod as owner, the attempt removes both (an unowned
+    Secret would outlive the pod)."""
+    runner = make_runner(kubeconfig, tmp_path)
+    cluster.fail_requests("PATCH", r"/api/v1/namespaces/default/secrets/", count=3, status=403)
+    try:
+        result = runner.run_job(Job(job_id=next_job_id()))
+    finally:
+        cluster.clear_faults()
+    assert result.failure_reason == "runner_system_failure"
+    assert b"setting the owner of secret default/" in result.call("prepare").stderr
+    wait_for(lambda: not driver_secrets(core) and not pods_left(core), timeout=20,
+             what="no pod and no secret left")
+
+
+def test_a_cancel_while_the_pod_starts_leaves_no_secret(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> None:
+    """SIGTERM while prepare waits for an unschedulable pod: the pod is deleted, and the
+    Secret it owns goes with it."""
+    runner = make_runner(kubeconfig, tmp_path, '[build]\ncpu_request = "1000"\n')
+    result = runner.run_job(Job(job_id=next_job_id()), cancel=Cancel("prepare", 1.5))
+    assert result.status == "canceled", result.log.decode(errors="replace")
+    wait_for(lambda: not driver_secrets(core) and not pods_left(core), timeout=20,
+             what="no pod and no secret left")
+
+
+def test_no_secret_is_anywhere_a_user_or_operator_can_read(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> None:
+    """With logins from every job source and debug logging, none of the secrets shows, in
+    any form the redactor knows, in the pod manifest, the namespace's events, any stage's
+    output or log, or `render` for the same job."""
+    override = {"auths": {"quay.example.com": auth("robot", OVERRIDE_PASSWORD)}}
+    variables = (("CI_DEPENDENCY_PROXY_SERVER", "gitlab.example.com:443"),
+                 ("CI_DEPENDENCY_PROXY_USER", "proxy-user"),
+                 ("CI_DEPENDENCY_PROXY_PASSWORD", PROXY_PASSWORD),
+                 ("DOCKER_AUTH_CONFIG", json.dumps(override)))
+    runner = make_runner(kubeconfig, tmp_path, '[logging]\nlevel = "debug"\n')
+    with runner.session(Job(job_id=next_job_id(), variables=variables)) as session:
+        pod = core.read_namespaced_pod(session.hostname, "default")
+        session.run_body("build_script", "echo built\n")
+        calls = list(session.calls)
+        log = bytes(session.log)
+        env = {"JOB_RESPONSE_FILE": str(session.response_file), "PATH": os.environ["PATH"],
+               "KUBECONFIG": "/nonexistent"}
+        env |= {f"CUSTOM_ENV_{k}": v for k, v in variables}
+        env |= {"CUSTOM_ENV_CI_REGISTRY": "registry.example.com",
+                "CUSTOM_ENV_CI_REGISTRY_USER": "gitlab-ci-token",
+                "CUSTOM_ENV_CI_REGISTRY_PASSWORD": TOKEN}
+        rendered = subprocess.run([sys.executable, "-m", "runner_driver.cli", "render"],
+                                  capture_output=True, env=env, timeout=60, check=True)
+    events = core.list_namespaced_event("default")
+    texts = {
+        "pod": json.dumps(client.ApiClient().sanitize_for_serialization(pod)).encode(),
+        "events": json.dumps(client.ApiClient().sanitize_for_serialization(events)).encode(),
+        "job log": log,
+        "stage stderr": b"".join(c.stderr for c in calls),
+        "render": rendered.stdout + rendered.stderr,
+    }
+    assert calls and b"Secret" in rendered.stdout and b"<redacted:" in rendered.stdout
+    for where, text in texts.items():
+        for secret in (TOKEN, PROXY_PASSWORD, OVERRIDE_PASSWORD, f"gitlab-ci-token:{TOKEN}",
+                       f"proxy-user:{PROXY_PASSWORD}", f"robot:{OVERRIDE_PASSWORD}"):
+            for form in forms(secret):
+                assert form.encode() not in text, (where, form)

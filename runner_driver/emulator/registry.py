@@ -15,14 +15,12 @@ serve pulls beyond blob `HEAD`, token auth, chunked uploads, or deletes.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import re
 import secrets
 import shutil
 import ssl
-import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .images import MissingToolError
+from .testca import make_certificates
 
 _BLOB = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
 _UPLOADS = re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/(?P<upload>[0-9a-f]*)$")
@@ -104,10 +102,9 @@ class TestRegistry:
     def start(self) -> TestRegistry:
         """Make the CA and certificate, then serve on a free port on a background thread."""
         self._directory = Path(tempfile.mkdtemp(prefix="runner-driver-registry-"))
-        _make_certificates(self._directory)
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        tls.load_cert_chain(self._directory / "server.pem", self._directory / "server.key")
-        self._server = _Server(("127.0.0.1", 0), self, tls)
+        certificates = make_certificates(self._directory, "runner-driver test registry CA",
+                                         "the test registry")
+        self._server = _Server(("127.0.0.1", 0), self, certificates.server_context())
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.1},
@@ -300,30 +297,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """No access log on the test's stderr."""
-
-
-def _make_certificates(directory: Path) -> None:
-    """A test CA and a server certificate for 127.0.0.1 that it signed (P-256 keys)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise MissingToolError("the test registry needs the openssl CLI to make its test CA; "
-                               "install it with: apt-get install openssl")
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
-
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=runner-driver test registry CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    run("req", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    (directory / "server.ext").write_text(
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n"
-        "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
-        "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
-    with contextlib.suppress(OSError):
-        (directory / "ca.key").unlink()  # nothing else is ever signed with it
-
