@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .images import MissingToolError
-from .testca import make_certificates
+from .testca import make_certificates, serve_in_background, stop_serving
 
 _IDENTITY = ["-c", "user.name=runner-driver demo", "-c", "user.email=demo@example.invalid",
              "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"]
@@ -124,21 +124,13 @@ class GitHttpsServer:
         self._server = _HttpsServer(("127.0.0.1", 0), backend, self.root / "repos",
                                     certificates.server_context())
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name="test-git-https", daemon=True)
-        self._thread.start()
+        self._thread = serve_in_background(self._server, "test-git-https")
         return self
 
     def stop(self) -> None:
         """Stop serving (the repositories and certificates stay under `root`)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        stop_serving(self._server, self._thread)
+        self._server, self._thread = None, None
 
     def __enter__(self) -> GitHttpsServer:
         return self.start()

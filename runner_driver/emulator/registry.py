@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .testca import make_certificates
+from .testca import make_certificates, serve_in_background, stop_serving
 
 _BLOB = re.compile(r"^/v2/(?P<name>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
 _UPLOADS = re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/(?P<upload>[0-9a-f]*)$")
@@ -106,21 +106,13 @@ class TestRegistry:
                                          "the test registry")
         self._server = _Server(("127.0.0.1", 0), self, certificates.server_context())
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name="test-registry", daemon=True)
-        self._thread.start()
+        self._thread = serve_in_background(self._server, "test-registry")
         return self
 
     def stop(self) -> None:
         """Stop serving and remove the certificates."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        stop_serving(self._server, self._thread)
+        self._server, self._thread = None, None
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
             self._directory = None

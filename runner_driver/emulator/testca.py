@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import socketserver
 import ssl
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,3 +66,21 @@ def make_certificates(directory: Path, ca_name: str, user: str) -> TestCertifica
         (directory / "ca.key").unlink()  # nothing else is ever signed with it
     return TestCertificates(directory / "ca.pem", directory / "server.pem",
                             directory / "server.key")
+
+
+def serve_in_background(server: socketserver.BaseServer, name: str) -> threading.Thread:
+    """Run `server` on a daemon thread (the test servers' shared start)."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_serving(server: socketserver.BaseServer | None,
+                 thread: threading.Thread | None) -> None:
+    """Stop a server `serve_in_background` started, and wait for its thread."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+    if thread is not None:
+        thread.join(5)
