@@ -13,6 +13,7 @@ else that goes wrong is the system's. This module must not interpret the script.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -214,9 +215,23 @@ def _raise_if_dead(cluster: Cluster, pod: str, container: str) -> None:
 
 
 def _describe(status: bytes, control: StageControl) -> str:
+    """The exec's end in a few words: its exit code, not the API's echo of our script."""
     said = "; ".join(control.diagnostics[-3:])
-    text = status.decode(errors="replace")[:300] if status else "no status"
-    return f"{text}{'; ' + said if said else ''}"
+    return f"{_exec_end(status)}{'; ' + said if said else ''}"
+
+
+def _exec_end(status: bytes) -> str:
+    if not status:
+        return "no status"
+    try:
+        parsed = json.loads(status)
+        causes = parsed.get("details", {}).get("causes", [])
+        code = next((c["message"] for c in causes if c.get("reason") == "ExitCode"), None)
+        if code is not None:
+            return f"the in-pod program exited with code {code}"
+        return f"{parsed.get('reason') or parsed.get('status')}: {parsed.get('message', '')[:200]}"
+    except (ValueError, AttributeError, TypeError, KeyError):
+        return status.decode(errors="replace")[:300]
 
 
 def _stop(cluster: Cluster, pod: str, container: str, stage_id: str, nonce: str) -> None:

@@ -288,3 +288,18 @@ def test_resuming_inside_trimmed_output_says_so_and_goes_on(
     assert 8 * 1024 * 1024 - 100 <= lost < size - 100
     assert rest == b"x" * (size - 100 - lost)
     assert "reconnecting" not in log.getvalue()  # a gap is no failed connection
+
+
+@pytest.mark.parametrize(("status", "said"), [
+    (b'{"status": "Failure", "reason": "NonZeroExitCode", "message": "command terminated with '
+     b'non-zero exit code: error executing command [sh -c ' + b"x" * 4000 + b'], exit code 137",'
+     b' "details": {"causes": [{"reason": "ExitCode", "message": "137"}]}}',
+     "the in-pod program exited with code 137"),
+    (b'{"status": "Failure", "reason": "InternalError", "message": "boom"}',
+     "InternalError: boom"),
+    (b"", "no status"),
+    (b"not json", "not json"),
+])
+def test_an_exec_without_exit_status_is_described_by_its_code(status: bytes, said: str) -> None:
+    """A lost stage names the in-pod program's exit code, not the API's echo of the script."""
+    assert run._exec_end(status) == said
