@@ -51,12 +51,17 @@ def render(settings: Settings, environ: Mapping[str, str]) -> str:
         JobFailed: one of the job's variables is at fault (naming it).
     """
     job, source = job_for(environ)
-    built = plan(settings, job)
+    # The operator's CA Secret or ConfigMap is not read without a cluster; a stand-in
+    # gives the pod the CA layer prepare adds (its value is redacted like any other).
+    ca_from = settings.tls.ca_secret or settings.tls.ca_configmap
+    built = plan(settings, job, operator_ca=f"(the CA in {ca_from})" if ca_from else "")
     header = [f"# runner-driver render: the objects `prepare` creates for {source}",
               f"# settings: {settings.source}", f"# {built.registries}"]
-    if settings.registry.secrets:
-        header.append(f"# (not read here: the operator's registry secrets "
-                      f"{', '.join(settings.registry.secrets)}, which prepare merges in)")
+    unread = [f"the operator's registry secrets {', '.join(settings.registry.secrets)}"
+              ] if settings.registry.secrets else []
+    unread += [f"the CA in {ca_from}"] if ca_from else []
+    if unread:
+        header.append(f"# (not read here: {' and '.join(unread)}, which prepare merges in)")
     header += [f"# {note}" for note in built.notes]
     manifests = [built.pod] if built.secret is None else [built.secret, built.pod]
     documents = [redacted(manifest) for manifest in manifests]

@@ -115,6 +115,56 @@ def test_every_source_merges_per_registry_with_the_jobs_choice_last(
                        f"proxy-user:{PROXY_PASSWORD}", f"robot:{OVERRIDE_PASSWORD}")
 
 
+RUNNER_PASSWORD = "runner-vouched-s3cret"
+FORGED_PASSWORD = "forged-by-the-job-s3cret"
+
+
+COMBINATIONS: list[tuple[str, dict[str, Any], dict[str, Any], str]] = [
+    # (id, operator secret or {}, Job keyword arguments, expected config.json as JSON)
+    ("payload-login-beats-variables-the-job-set", {}, {
+        "payload_fields": (("credentials", [{"type": "registry", "url": "registry.example.com",
+                                             "username": "gitlab-ci-token",
+                                             "password": RUNNER_PASSWORD}]),),
+        "variables": (("CI_REGISTRY_PASSWORD", FORGED_PASSWORD),)},
+     json.dumps({"auths": {"registry.example.com": auth("gitlab-ci-token", RUNNER_PASSWORD)}})),
+    ("operator-login-for-another-registry-stays", {
+        "auths": {"mirror.example.com": auth("operator", OPERATOR_PASSWORD)}}, {},
+     json.dumps({"auths": {"mirror.example.com": auth("operator", OPERATOR_PASSWORD),
+                           "registry.example.com": auth("gitlab-ci-token", TOKEN)}})),
+    ("job-login-replaces-the-operators-helper", {
+        "credHelpers": {"registry.example.com": "ecr-login"}, "credsStore": "desktop"}, {},
+     json.dumps({"auths": {"registry.example.com": auth("gitlab-ci-token", TOKEN)}})),
+    ("docker-auth-config-helper-replaces-the-job-login", {}, {
+        "variables": (("DOCKER_AUTH_CONFIG",
+                       json.dumps({"credHelpers": {"registry.example.com": "gcr"}})),)},
+     json.dumps({"auths": {}, "credHelpers": {"registry.example.com": "gcr"}})),
+]
+
+
+@pytest.mark.parametrize(("operator", "job", "expected"), [c[1:] for c in COMBINATIONS],
+                         ids=[c[0] for c in COMBINATIONS])
+def test_each_combination_of_sources_gives_the_exact_config_json(
+        kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api, operator: dict[str, Any],
+        job: dict[str, Any], expected: str) -> None:
+    """The build container's config.json for one combination of sources, exactly:
+    decoded logins, which source wins per registry, helpers and stores kept or dropped."""
+    settings = ""
+    if operator:
+        core.create_namespaced_secret("default", {
+            "metadata": {"name": "combo-registry"}, "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": base64.b64encode(json.dumps(operator).encode())
+                     .decode()}})
+        settings = '[registry]\nsecrets = ["combo-registry"]\n'
+    try:
+        runner = make_runner(kubeconfig, tmp_path, settings)
+        with runner.session(Job(job_id=next_job_id(), masked=frozenset(), **job)) as session:
+            config = seen_config(session)
+    finally:
+        if operator:
+            core.delete_namespaced_secret("combo-registry", "default")
+    assert config == json.loads(expected)
+
+
 def test_a_malformed_docker_auth_config_fails_the_job_before_anything_exists(
         kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> None:
     """A DOCKER_AUTH_CONFIG that is not JSON is the job's failure, naming the variable and

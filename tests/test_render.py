@@ -52,17 +52,20 @@ def job_env(tmp_path: Path, variables: dict[str, str], job_id: int = 77) -> dict
     pytest.param(None, id="built-in-defaults"),
     pytest.param(ROOT / "config.example.toml", id="config.example.toml"),
     pytest.param(EXAMPLES / "config-with-template.toml", id="config-with-template.toml"),
+    pytest.param(EXAMPLES / "config-behind-a-proxy.toml", id="config-behind-a-proxy.toml"),
 ])
 def test_render_gives_schema_valid_yaml(config: Path | None) -> None:
-    """render of the defaults, config.example.toml and the example template's settings is a
-    strictly schema-valid Pod, for a sample job, with no cluster reachable."""
+    """render of the defaults, config.example.toml and each example's settings is strictly
+    schema-valid (the Pod, and the job's Secret when there is one), for a sample job, with
+    no cluster reachable."""
     result = render(*(["--config", str(config)] if config else []))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("# runner-driver render: the objects `prepare` creates "
                                     "for a sample job (JOB_RESPONSE_FILE is not set)\n")
-    (pod,) = documents(result.stdout)
-    assert pod["kind"] == "Pod"
-    assert kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    *secrets, pod = documents(result.stdout)
+    assert pod["kind"] == "Pod" and [s["kind"] for s in secrets] in ([], ["Secret"])
+    for manifest in (*secrets, pod):
+        assert kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
 
 
 def test_example_template_lands_in_the_rendered_pod() -> None:
@@ -129,3 +132,25 @@ def test_secrets_are_shown_with_keys_and_redacted_values() -> None:
     assert secret["data"] == {"config.json": "eyJhdXRocyI6e319"}
     pod = {"kind": "Pod", "data": {"x": "y"}}
     assert redacted(pod) is pod
+
+
+def test_proxy_example_renders_the_ca_layer_and_the_build_args() -> None:
+    """The proxy example's pod trusts the operator's CA in both containers and hands the
+    pipeline its --build-arg flags; the header says which Secrets prepare reads."""
+    result = render("--config", str(EXAMPLES / "config-behind-a-proxy.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "# (not read here: the operator's registry secrets corp-mirror and the CA in " \
+           "corp-ca, which prepare merges in)" in result.stdout
+    secret, pod = documents(result.stdout)
+    assert secret["kind"] == "Secret" and set(secret["data"]) == {"ca.crt"}
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    for container in containers.values():
+        assert "ca-bundle" in {m["name"] for m in container["volumeMounts"]}
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["https_proxy"] == env["HTTPS_PROXY"] == "http://proxy.corp.example.com:3128"
+    build_env = {e["name"]: e.get("value") for e in containers["build"]["env"]}
+    assert "--build-arg=no_proxy=.svc,.cluster.local,10.0.0.0/8,registry.corp.example.com" \
+        in build_env["RUNNER_DRIVER_PROXY_BUILD_ARGS"].split()
+    pipeline = (EXAMPLES / "behind-a-proxy.gitlab-ci.yml").read_text(encoding="utf-8")
+    assert "${RUNNER_DRIVER_PROXY_BUILD_ARGS}" in yaml.safe_load(pipeline)["build-image"][
+        "script"][0]
