@@ -5,9 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import ssl
-import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ import pytest
 from kubernetes import client
 
 from runner_driver.emulator import images
+from runner_driver.emulator.registry import TestRegistry
 from tests.conftest import (
     HELPER,
     KANIKO,
@@ -155,53 +153,19 @@ def test_unknown_image_cannot_be_pulled(core: client.CoreV1Api, namespace: str) 
 
 
 @pytest.fixture(scope="module")
-def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
-    """A TLS server on 127.0.0.1 whose certificate a private CA signed; yields (port, CA PEM)."""
-    directory = tmp_path_factory.mktemp("ca")
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.pem", "-days", "2", "-subj", "/CN=runner-driver test CA")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr",
-            "-subj", "/CN=127.0.0.1")
-    (directory / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(directory / "srv.pem", directory / "srv.key")
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            try:
-                with context.wrap_socket(connection, server_side=True) as tls:
-                    tls.settimeout(1)
-                    tls.recv(1)
-            except (OSError, ssl.SSLError):
-                pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1], (directory / "ca.pem").read_text()
-    stop.set()
-    thread.join(2)
-    listener.close()
+def tls_registry() -> Iterator[tuple[int, str]]:
+    """The test registry over TLS on 127.0.0.1 (a private CA, Basic auth bob:s3cret);
+    yields (port, CA PEM)."""
+    with TestRegistry("bob", "s3cret") as registry:
+        yield registry.port, registry.ca_file.read_text()
 
 
 @pytest.fixture
 def kaniko_job(core: client.CoreV1Api, namespace: str, tls_registry: tuple[int, str]) -> str:
     """A kaniko pod with a docker config.json and an extra CA mounted as the driver will."""
     port, ca = tls_registry
-    config = {"auths": {"registry.example.com": {
-        "auth": base64.b64encode(b"bob:s3cret").decode()}}}
+    login = {"auth": base64.b64encode(b"bob:s3cret").decode()}
+    config = {"auths": {"registry.example.com": login, f"127.0.0.1:{port}": login}}
     core.create_namespaced_secret(namespace, {
         "metadata": {"name": "auth"},
         "stringData": {"config.json": json.dumps(config), "ca.crt": ca}})
@@ -217,7 +181,6 @@ def kaniko_job(core: client.CoreV1Api, namespace: str, tls_registry: tuple[int, 
         {"name": "builds", "mountPath": "/workspace"}]
     core.create_namespaced_pod(namespace, body)
     wait_running(core, namespace, "kaniko")
-    del port
     return "kaniko"
 
 
@@ -305,6 +268,7 @@ def test_standin_verifies_tls_against_container_ca_store(
     body["spec"]["volumes"].append({"name": "auth", "secret": {"secretName": "auth"}})
     build["volumeMounts"] += [
         {"name": "auth", "mountPath": "/kaniko/ssl/certs/extra-ca.crt", "subPath": "ca.crt"},
+        {"name": "auth", "mountPath": "/kaniko/.docker/config.json", "subPath": "config.json"},
         {"name": "builds", "mountPath": "/workspace"}]
     core.create_namespaced_pod(namespace, body)
     wait_running(core, namespace, "trusting")
@@ -324,6 +288,19 @@ def test_standin_never_reaches_beyond_loopback(exec_core: client.CoreV1Api, name
     assert code == 0, err
     assert "not checked: the emulated cluster reaches only registries on 127.0.0.1" in err
 
+
+
+def test_standin_fails_the_push_check_where_no_registry_answers(
+        exec_core: client.CoreV1Api, namespace: str, kaniko_job: str) -> None:
+    """A loopback destination with nothing listening fails the push check, as in kaniko."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    code, _, err = run(exec_core, namespace, kaniko_job, "build", ["/busybox/sh", "-c",
+                       "echo 'FROM scratch' > /workspace/Dockerfile; "
+                       f"/kaniko/executor -d 127.0.0.1:{port}/a:1 --skip-tls-verify"])
+    assert code == 1
+    assert "error checking push permissions" in err
 
 def test_build_rootfs_layouts(tmp_path: Path) -> None:
     """Each layout writes the files its image has, and no more."""

@@ -416,13 +416,7 @@ def main() -> None:
         try:
             pusher.ping()
             pusher.initiate_upload()
-        except NotARegistry as error:
-            # Real kaniko fails here; the stand-in keeps its TLS-only check for endpoints
-            # that are not registries (a bare TLS listener in a test, say).
-            print(f"stand-in:   push to {registry}: skipped, nothing answered as a registry "
-                  f"({error})", file=sys.stderr)
-            continue
-        except (RegistryError, OSError, http.client.HTTPException) as error:
+        except (NotARegistry, RegistryError, OSError, http.client.HTTPException) as error:
             failed = True
             print(f"{PERMISSION_HINT}: checking push permission for \"{pusher.reference}\": "
                   f"{error}", file=sys.stderr)
