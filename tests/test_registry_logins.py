@@ -335,11 +335,30 @@ def test_a_cancel_while_the_pod_starts_leaves_no_secret(
              what="no pod and no secret left")
 
 
+LEAK_SECRETS = (TOKEN, PROXY_PASSWORD, OVERRIDE_PASSWORD, f"gitlab-ci-token:{TOKEN}",
+                f"proxy-user:{PROXY_PASSWORD}", f"robot:{OVERRIDE_PASSWORD}")
+# Every place a job or the driver writes in a container (not the image's own files),
+# searched for the secrets' forms; the mounted Secret is left out (it is where they
+# belong). The pattern file lives in memory (/runner-driver), removed after the scan.
+IN_POD_SCAN = """p=/runner-driver/.leak-patterns
+cat > $p <<'PATTERNS'
+{patterns}
+PATTERNS
+echo scanned
+for d in /builds /scratch /cache /runner-driver /runner-driver-logs /kaniko/.docker /kaniko/ssl \
+    /root /home /etc /tmp; do
+  if [ -d $d ]; then grep -rlF -f $p $d 2>/dev/null || true; fi
+done | {{ grep -v -e '^/runner-driver/.leak-patterns$' || true; }} | sort
+rm -f $p
+"""
+
+
 def test_no_secret_is_anywhere_a_user_or_operator_can_read(
         kubeconfig: Path, tmp_path: Path, core: client.CoreV1Api) -> None:
     """With logins from every job source and debug logging, none of the secrets shows, in
     any form the redactor knows, in the pod manifest, the namespace's events, any stage's
-    output or log, or `render` for the same job."""
+    output or log, `render` for the same job, or any file in either container outside the
+    mounted Secret and kaniko's config.json."""
     override = {"auths": {"quay.example.com": auth("robot", OVERRIDE_PASSWORD)}}
     variables = (("CI_DEPENDENCY_PROXY_SERVER", "gitlab.example.com:443"),
                  ("CI_DEPENDENCY_PROXY_USER", "proxy-user"),
@@ -349,6 +368,9 @@ def test_no_secret_is_anywhere_a_user_or_operator_can_read(
     with runner.session(Job(job_id=next_job_id(), variables=variables)) as session:
         pod = core.read_namespaced_pod(session.hostname, "default")
         session.run_body("build_script", "echo built\n")
+        patterns = "\n".join(sorted({form for secret in LEAK_SECRETS for form in forms(secret)}))
+        found = {stage: session.run_body(stage, IN_POD_SCAN.format(patterns=patterns))
+                 for stage in ("get_sources", "build_script")}  # helper, then build
         calls = list(session.calls)
         log = bytes(session.log)
         env = {"JOB_RESPONSE_FILE": str(session.response_file), "PATH": os.environ["PATH"],
@@ -368,8 +390,11 @@ def test_no_secret_is_anywhere_a_user_or_operator_can_read(
         "render": rendered.stdout + rendered.stderr,
     }
     assert calls and b"Secret" in rendered.stdout and b"<redacted:" in rendered.stdout
+    for stage, call in found.items():
+        # Only the build container's config.json holds logins (the job asked for them).
+        expected = b"/kaniko/.docker/config.json\n" if stage == "build_script" else b""
+        assert (call.exit_code, call.stdout) == (0, b"scanned\n" + expected), (stage, call)
     for where, text in texts.items():
-        for secret in (TOKEN, PROXY_PASSWORD, OVERRIDE_PASSWORD, f"gitlab-ci-token:{TOKEN}",
-                       f"proxy-user:{PROXY_PASSWORD}", f"robot:{OVERRIDE_PASSWORD}"):
+        for secret in LEAK_SECRETS:
             for form in forms(secret):
                 assert form.encode() not in text, (where, form)
