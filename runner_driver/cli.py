@@ -98,6 +98,15 @@ def _parser() -> argparse.ArgumentParser:
                     "JOB_RESPONSE_FILE describe (as gitlab-runner sets them), or for a "
                     "sample job when JOB_RESPONSE_FILE is not set; print them as YAML. No "
                     "cluster is needed, and no secret value is printed.")
+    commands.add_parser(
+        "check", help="preflight: can a job run with these settings and credentials?",
+        description="Ask the cluster, with the driver's settings and credentials, whether "
+                    "a job can run: every API permission the driver needs in the job "
+                    "namespace (SelfSubjectAccessReview), the namespace, the operator's "
+                    "Secrets and ConfigMap named in the settings, and the admission of the "
+                    "sample job's pod by a server-side dry run (Pod Security, quota). Prints "
+                    "a table with what to fix; exit status 0 only when a job can run. "
+                    "Nothing is created.")
     local = commands.add_parser(
         "local-cluster", help="serve an emulated Kubernetes cluster on 127.0.0.1",
         description="Serve the embedded emulated cluster in the foreground and write a "
@@ -137,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _gc(args)
     if args.command == "render":
         return _render(args)
+    if args.command == "check":
+        return _check(args)
     return _emulator_command(args)
 
 
@@ -380,6 +391,25 @@ def _render(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(text)
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """`check` is an operator's command: a table on stdout, plain exit codes (0, 1)."""
+    from pathlib import Path
+
+    from . import kube, logs, settings
+    from .check import check
+
+    redactor = logs.configure()
+    try:
+        loaded = settings.resolve_manager(
+            settings.load_from(Path(args.config) if args.config else None))
+    except DriverError as error:
+        _fail(sys.stderr, "check", str(error))
+        return 1
+    logs.configure(loaded.logging.level, loaded.logging.format, (), redactor=redactor)
+    logs.bind(stage="check")
+    return check(loaded, lambda: kube.connect(loaded.kubernetes, loaded.source), sys.stdout)
 
 
 def _fail(err: TextIO, stage: str, message: str) -> None:

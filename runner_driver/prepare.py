@@ -50,8 +50,8 @@ def prepare(settings: Settings, job: JobContext, cluster: Cluster, out: TextIO
                           "runner-driver stages must be started by gitlab-runner")
     if not job.nonce:
         job = replace(job, nonce=new_nonce())
-    built = plan(settings, job, _operator_registries(cluster, settings),
-                 _operator_ca(cluster, settings))
+    built = plan(settings, job, operator_registries(cluster, settings),
+                 operator_ca(cluster, settings))
     manifest = built.pod
     name = manifest["metadata"]["name"]
     images = {c["name"]: c["image"] for c in manifest["spec"]["containers"]}
@@ -203,7 +203,7 @@ def _create(cluster: Cluster, manifest: dict[str, Any], settings: Settings,
     return cluster.create_pod(manifest)
 
 
-def _operator_registries(cluster: Cluster, settings: Settings
+def operator_registries(cluster: Cluster, settings: Settings
                          ) -> tuple[tuple[str, dict[str, Any]], ...]:
     """The operator's registry Secrets (`[registry] secrets`), parsed.
 
@@ -234,7 +234,7 @@ def _operator_registries(cluster: Cluster, settings: Settings
     return tuple(found)
 
 
-def _operator_ca(cluster: Cluster, settings: Settings) -> str:
+def operator_ca(cluster: Cluster, settings: Settings) -> str:
     """The PEM of `[tls] ca_secret` and `ca_configmap` (key ca.crt); "" when unset.
 
     Raises:

@@ -20,7 +20,7 @@ import yaml
 
 from .jobrecord import valid_nonce
 from .logs import Redactor
-from .podspec import plan
+from .podspec import PodPlan, plan
 from .runner_env import RESPONSE_KEY, JobContext, new_nonce
 from .settings import Settings
 
@@ -43,6 +43,27 @@ def job_for(environ: Mapping[str, str]) -> tuple[JobContext, str]:
     return job, source
 
 
+def build(settings: Settings, environ: Mapping[str, str],
+          operator_registries: tuple[tuple[str, dict[str, Any]], ...] = (),
+          operator_ca: str | None = None) -> tuple[JobContext, str, PodPlan]:
+    """The job (see `job_for`), which it is, and the objects `prepare` builds for it.
+
+    Without `operator_ca` (the PEM prepare reads from `[tls] ca_secret` or
+    `ca_configmap`), a stand-in gives the pod the CA layer prepare adds. `check` passes
+    what it read from the cluster.
+
+    Raises:
+        ConfigError, JobFailed: as `render`.
+    """
+    job, source = job_for(environ)
+    if operator_ca is None:
+        # The operator's CA Secret or ConfigMap is not read without a cluster; a stand-in
+        # gives the pod the CA layer prepare adds (its value is redacted like any other).
+        ca_from = settings.tls.ca_secret or settings.tls.ca_configmap
+        operator_ca = f"(the CA in {ca_from})" if ca_from else ""
+    return job, source, plan(settings, job, operator_registries, operator_ca)
+
+
 def render(settings: Settings, environ: Mapping[str, str]) -> str:
     """The job's manifests as YAML documents, with a comment header saying what they are.
 
@@ -50,11 +71,8 @@ def render(settings: Settings, environ: Mapping[str, str]) -> str:
         ConfigError: the settings, template or patch are at fault (naming the key or path).
         JobFailed: one of the job's variables is at fault (naming it).
     """
-    job, source = job_for(environ)
-    # The operator's CA Secret or ConfigMap is not read without a cluster; a stand-in
-    # gives the pod the CA layer prepare adds (its value is redacted like any other).
+    job, source, built = build(settings, environ)
     ca_from = settings.tls.ca_secret or settings.tls.ca_configmap
-    built = plan(settings, job, operator_ca=f"(the CA in {ca_from})" if ca_from else "")
     header = [f"# runner-driver render: the objects `prepare` creates for {source}",
               f"# settings: {settings.source}", f"# {built.registries}"]
     unread = [f"the operator's registry secrets {', '.join(settings.registry.secrets)}"

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import yaml
 from aiohttp import web
 
+from . import rbac
 from .controllers import ControlPlane
 from .execstream import EXEC_PROTOCOLS
 from .faults import ExecCut, Faults, RequestFault
@@ -155,23 +156,36 @@ class EmulatedCluster:
 
     # Access
 
-    def kubeconfig(self, namespace: str = "default") -> dict[str, Any]:
-        """A kubeconfig document pointing at this cluster."""
+    def kubeconfig(self, namespace: str = "default",
+                   service_account: str = "") -> dict[str, Any]:
+        """A kubeconfig document pointing at this cluster.
+
+        By default its user is the unrestricted admin (like a member of
+        system:masters); with `service_account`, it is that service account of
+        `namespace` (`system:serviceaccount:NAMESPACE:NAME`), allowed only what its
+        RoleBindings grant. The token is valid while the service account exists.
+        """
+        user, token = "emulated-admin", rbac.ADMIN_TOKEN
+        if service_account:
+            user = f"{namespace}-{service_account}"
+            token = rbac.service_account_token(namespace, service_account)
         return {
             "apiVersion": "v1", "kind": "Config", "preferences": {},
             "clusters": [{"name": "emulated", "cluster": {"server": self.url}}],
-            "users": [{"name": "emulated-admin", "user": {"token": "emulated-admin-token"}}],
+            "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": "emulated", "context": {"cluster": "emulated",
-                                                          "user": "emulated-admin",
+                                                          "user": user,
                                                           "namespace": namespace}}],
             "current-context": "emulated",
         }
 
-    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
-        """Write the kubeconfig atomically (a reader never sees half a file)."""
+    def write_kubeconfig(self, path: Path, namespace: str = "default",
+                         service_account: str = "") -> Path:
+        """Write the kubeconfig (see `kubeconfig`) atomically (a reader never sees half a file)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
-        partial.write_text(yaml.safe_dump(self.kubeconfig(namespace), sort_keys=False))
+        partial.write_text(yaml.safe_dump(self.kubeconfig(namespace, service_account),
+                                          sort_keys=False))
         partial.chmod(0o600)
         partial.replace(path)
         return path
@@ -225,6 +239,11 @@ class EmulatedCluster:
         assert self._store is not None
         store = self._store
         return self.call(store.compact)
+
+    def authorization_counts(self, user: str) -> dict[str, int]:
+        """Authorization checks so far for `user` (e.g. system:serviceaccount:NS:NAME), per
+        `verb resource`: what that identity needed, websocket exec's `create` included."""
+        return self.call(lambda: self.faults.authorization_counts(user))
 
     def request_counts(self) -> dict[str, int]:
         """Requests so far per `verb resource`."""

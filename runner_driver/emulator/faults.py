@@ -66,6 +66,8 @@ class Faults:
         self.request_faults: list[RequestFault] = []
         self.exec_cuts: list[ExecCut] = []
         self.log: list[LoggedRequest] = []
+        # (user, verb, resource) of every authorization check, as an audit log has them.
+        self.authorizations: list[tuple[str, str, str]] = []
 
     def add_request_fault(self, fault: RequestFault) -> None:
         """Arm a request fault; faults are consumed in the order they were added."""
@@ -106,6 +108,15 @@ class Faults:
         entry = LoggedRequest(time.time(), method, path, verb, resource, status)
         self.log.append(entry)
         return entry
+
+    def authorized(self, user: str, verb: str, resource: str) -> None:
+        """Record one authorization check (a request may need more than one)."""
+        self.authorizations.append((user, verb, resource))
+
+    def authorization_counts(self, user: str) -> dict[str, int]:
+        """Authorization checks so far for `user`, per `verb resource`."""
+        return dict(Counter(f"{verb} {resource}" for who, verb, resource in self.authorizations
+                            if who == user))
 
     def counts(self) -> dict[str, int]:
         """Requests per `verb resource` (e.g. `create pods`, `get pods/exec`)."""

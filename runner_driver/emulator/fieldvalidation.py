@@ -155,7 +155,9 @@ def _kinds(kubernetes_version: str) -> dict[str, _Node]:
         compiler = _Compiler(json.load(handle)["$defs"])
     kinds = {}
     for spec in RESOURCES.values():
-        with (directory / f"{spec.kind.lower()}-v1.json").open("rb") as handle:
+        # Schemas of other groups than core are named `<kind>-<group's first label>-v1`.
+        group = f"-{spec.group.split('.')[0]}" if spec.group else ""
+        with (directory / f"{spec.kind.lower()}{group}-v1.json").open("rb") as handle:
             kinds[spec.kind] = compiler.node(json.load(handle))
     return kinds
 

@@ -4,9 +4,12 @@ It serves what the official Python client and kubectl use (legacy discovery, cor
 CRUD with Status errors and `fieldValidation` with its `Warning` headers
 (`fieldvalidation`), server-side Table printing for `kubectl get`, chunked
 watches with bookmarks and 410, `pods/log` with follow) and routes `pods/exec` to
-`execstream`, plus an admin API under `/emulator/` for fault injection. Requests
-become store, kubelet and control-plane operations; this module holds no cluster
-state of its own.
+`execstream`, plus an admin API under `/emulator/` for fault injection. RBAC objects
+(rbac.authorization.k8s.io/v1) are served like core ones; every request is
+authenticated and authorized first (`rbac`), and SelfSubjectAccessReviews and
+SelfSubjectReviews answer from the same decision. Pod creates pass Pod Security
+admission (`podsecurity`), dry runs included. Requests become store, kubelet and
+control-plane operations; this module holds no cluster state of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import binascii
 import contextlib
 import contextvars
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -26,13 +30,13 @@ from typing import Any
 
 from aiohttp import web
 
-from . import fieldvalidation, patches, podspec, protobuf, quota, tables
+from . import fieldvalidation, patches, podsecurity, podspec, protobuf, quota, rbac, tables
 from .controllers import ControlPlane
 from .execstream import EXEC_PROTOCOLS, ExecEndpoint, drop
 from .faults import ExecCut, Faults, RequestFault
 from .kubelet import Kubelet
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
-from .store import RESOURCES, ApiError, Obj, Store, WatchEvent
+from .store import RBAC_GROUP, RESOURCES, ApiError, Obj, Store, WatchEvent, not_found
 
 log = logging.getLogger("runner_driver.emulator")
 
@@ -41,8 +45,23 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The warnings the request being handled answers with as `Warning` headers.
 WARNINGS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
     "runner_driver_warnings", default=None)
+# Who sent the request being handled (set once it is authenticated).
+USER: contextvars.ContextVar[rbac.User] = contextvars.ContextVar("runner_driver_user",
+                                                                 default=rbac.ADMIN)
 OPENAPI_HASH = "0" * 128  # the one OpenAPI document never changes
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+AUTHORIZATION_GROUP = "authorization.k8s.io"
+AUTHENTICATION_GROUP = "authentication.k8s.io"
+# The groups served under /apis, each with its resources as discovery lists them.
+GROUP_RESOURCES: dict[str, list[Obj]] = {
+    RBAC_GROUP: [],  # from RESOURCES
+    AUTHORIZATION_GROUP: [{"name": "selfsubjectaccessreviews", "singularName": "",
+                           "namespaced": False, "kind": "SelfSubjectAccessReview",
+                           "verbs": ["create"]}],
+    AUTHENTICATION_GROUP: [{"name": "selfsubjectreviews", "singularName": "",
+                            "namespaced": False, "kind": "SelfSubjectReview",
+                            "verbs": ["create"]}],
+}
 JSON_PATCH = "application/json-patch+json"
 
 
@@ -83,6 +102,11 @@ class ApiServer:
         r.add_get("/apis/", self._api_groups)
         r.add_get("/api/v1", self._api_resources)
         r.add_get("/api/v1/", self._api_resources)
+        r.add_get("/apis/{group}/{version}", self._group_resources)
+        r.add_get("/apis/{group}/{version}/", self._group_resources)
+        r.add_post(f"/apis/{AUTHORIZATION_GROUP}/v1/selfsubjectaccessreviews",
+                   self._access_review)
+        r.add_post(f"/apis/{AUTHENTICATION_GROUP}/v1/selfsubjectreviews", self._self_review)
         r.add_get("/openapi/v3", self._openapi_root)
         r.add_get("/openapi/v3/api/v1", self._openapi_v1)
         r.add_route("*", "/api/v1/namespaces/{namespace}/pods/{name}/exec", self.exec.handle)
@@ -93,6 +117,11 @@ class ApiServer:
         r.add_route("*", "/api/v1/namespaces/{namespace}/{resource}/{name}", self._item)
         r.add_route("*", "/api/v1/{resource}", self._collection)
         r.add_route("*", "/api/v1/{resource}/{name}", self._item)
+        group = "/apis/{group}/{version}"
+        r.add_route("*", group + "/namespaces/{namespace}/{resource}", self._collection)
+        r.add_route("*", group + "/namespaces/{namespace}/{resource}/{name}", self._item)
+        r.add_route("*", group + "/{resource}", self._collection)
+        r.add_route("*", group + "/{resource}/{name}", self._item)
         r.add_post("/emulator/faults", self._admin_fault)
         r.add_delete("/emulator/faults", self._admin_clear)
         r.add_post("/emulator/exec-cuts", self._admin_exec_cut)
@@ -107,30 +136,18 @@ class ApiServer:
     # Middleware: request log, faults, errors
 
     @staticmethod
-    def _classify(request: web.Request) -> tuple[str, str]:
-        parts = [p for p in request.path.split("/") if p]
-        if parts[:2] != ["api", "v1"] or len(parts) < 3:
+    def _attributes(request: web.Request) -> rbac.Attributes | None:
+        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+        return rbac.attributes(request.method, request.path, request.query, websocket)
+
+    @classmethod
+    def _classify(cls, request: web.Request) -> tuple[str, str]:
+        """The request's verb and resource (`pods/exec` for a subresource), for the log."""
+        found = cls._attributes(request)
+        if found is None:
+            parts = [p for p in request.path.split("/") if p]
             return request.method.lower(), "/" + "/".join(parts)
-        rest = parts[2:]
-        if rest[0] == "namespaces" and len(rest) >= 3:
-            rest = rest[2:]
-        resource = rest[0]
-        if len(rest) >= 3:
-            resource += "/" + rest[2]
-        method = request.method
-        watching = request.query.get("watch") in ("true", "1")
-        if method == "GET":
-            verb = "watch" if watching else ("get" if len(rest) >= 2 else "list")
-        elif method == "POST":
-            verb = "create"
-        elif method == "DELETE":
-            verb = "delete" if len(rest) >= 2 else "deletecollection"
-        else:
-            verb = {"PUT": "update", "PATCH": "patch"}.get(method, method.lower())
-        if resource.endswith("/exec") and method == "GET" \
-                and request.headers.get("Upgrade", "").lower() == "websocket":
-            verb = "get"
-        return verb, resource
+        return found.verb, found.combined
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -163,6 +180,7 @@ class ApiServer:
                         response.headers["Retry-After"] = str(fault.retry_after)
                     return response
             try:
+                self._authorize(request)
                 result = await handler(request)
             except ApiError as error:
                 result = status_response(error)
@@ -180,6 +198,68 @@ class ApiServer:
         finally:
             WARNINGS.reset(token)
             entry.status = status
+
+    def _authorize(self, request: web.Request) -> None:
+        """Authenticate the request (its user kept in `USER`) and authorize it.
+
+        Raises:
+            ApiError: 401 for a token nobody issued, 403 when RBAC does not allow it.
+        """
+        user = rbac.authenticate(self.store, request.headers.get("Authorization", ""))
+        if user is None:
+            raise rbac.unauthorized()
+        USER.set(user)
+        attributes = self._attributes(request)
+        if attributes is None:
+            return
+        checks = [attributes]
+        if attributes.verb == "get" and attributes.subresource in rbac.UPGRADED_SUBRESOURCES \
+                and request.headers.get("Upgrade", "").lower() == "websocket":
+            # Kubernetes >= 1.35 (AuthorizePodWebsocketUpgradeCreatePermission, on by
+            # default): a websocket upgrade, which opens with GET, must also be allowed
+            # `create`, as the POST of SPDY is.
+            checks.append(dataclasses.replace(attributes, verb="create"))
+        for check in checks:
+            self.faults.authorized(user.name, check.verb, check.combined)
+            if not rbac.authorize(self.store, user, check)[0]:
+                raise rbac.forbidden(user, check)
+
+    async def _access_review(self, request: web.Request) -> web.Response:
+        """A SelfSubjectAccessReview, answered by the authorizer that guards requests."""
+        body = await self._body(request)
+        spec = body.get("spec") or {}
+        attributes = spec.get("resourceAttributes")
+        if isinstance(attributes, dict) != (spec.get("nonResourceAttributes") is None):
+            message = ("exactly one of nonResourceAttributes or resourceAttributes must be "
+                       "specified")
+            raise ApiError(422, "Invalid", f'SelfSubjectAccessReview.{AUTHORIZATION_GROUP} "" '
+                           f'is invalid: spec.resourceAttributes: Invalid value: "null": '
+                           f"{message}", {"group": AUTHORIZATION_GROUP,
+                                          "kind": "SelfSubjectAccessReview"})
+        user = USER.get()
+        if isinstance(attributes, dict):
+            asked = rbac.Attributes(*(str(attributes.get(key) or "") for key in (
+                "verb", "group", "resource", "subresource", "namespace", "name")))
+            allowed, reason = rbac.authorize(self.store, user, asked)
+        else:  # non-resource rules are not emulated: only the admin is allowed
+            allowed, reason = user.admin, ""
+        status: Obj = {"allowed": allowed}
+        if reason:
+            status["reason"] = reason
+        return web.json_response({"kind": "SelfSubjectAccessReview",
+                                  "apiVersion": f"{AUTHORIZATION_GROUP}/v1",
+                                  "metadata": {"creationTimestamp": None}, "spec": spec,
+                                  "status": status}, status=201)
+
+    async def _self_review(self, request: web.Request) -> web.Response:
+        """A SelfSubjectReview: who the request's credentials make the caller."""
+        user = USER.get()
+        return web.json_response({"kind": "SelfSubjectReview",
+                                  "apiVersion": f"{AUTHENTICATION_GROUP}/v1",
+                                  "metadata": {"creationTimestamp": None},
+                                  "status": {"userInfo": {"username": user.name,
+                                                          "groups": list(user.groups)}}},
+                                 status=201)
 
     # Discovery
 
@@ -202,11 +282,28 @@ class ApiServer:
                                        "serverAddress": request.host}]})
 
     async def _api_groups(self, request: web.Request) -> web.Response:
-        return web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+        groups = [{"name": name, "versions": [{"groupVersion": f"{name}/v1", "version": "v1"}],
+                   "preferredVersion": {"groupVersion": f"{name}/v1", "version": "v1"}}
+                  for name in GROUP_RESOURCES]
+        return web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+
+    async def _group_resources(self, request: web.Request) -> web.Response:
+        group = request.match_info["group"]
+        if group not in GROUP_RESOURCES or request.match_info["version"] != "v1":
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        resources = [{"name": spec.name, "singularName": spec.kind.lower(),
+                      "namespaced": spec.namespaced, "kind": spec.kind,
+                      "verbs": list(spec.verbs)}
+                     for spec in RESOURCES.values() if spec.group == group]
+        return web.json_response({"kind": "APIResourceList", "apiVersion": "v1",
+                                  "groupVersion": f"{group}/v1",
+                                  "resources": resources + GROUP_RESOURCES[group]})
 
     async def _api_resources(self, request: web.Request) -> web.Response:
         resources = []
         for spec in RESOURCES.values():
+            if spec.group:
+                continue
             entry: Obj = {"name": spec.name, "singularName": spec.kind.lower(),
                           "namespaced": spec.namespaced, "kind": spec.kind,
                           "verbs": list(spec.verbs)}
@@ -246,6 +343,8 @@ class ApiServer:
                   for name in ("dryRun", "fieldManager", "fieldValidation", "force")]
         paths = {}
         for spec in RESOURCES.values():
+            if spec.group:
+                continue
             prefix = "/api/v1/namespaces/{namespace}/" if spec.namespaced else "/api/v1/"
             paths[f"{prefix}{spec.name}/{{name}}"] = {"patch": {
                 "parameters": params, "responses": {},
@@ -261,7 +360,9 @@ class ApiServer:
     def _resource(self, request: web.Request) -> tuple[str, str]:
         resource = request.match_info["resource"]
         spec = RESOURCES.get(resource)
-        if spec is None:
+        group = request.match_info.get("group", "")
+        if spec is None or spec.group != group or request.match_info.get("version",
+                                                                         "v1") != "v1":
             raise ApiError(404, "NotFound", "the server could not find the requested resource",
                            {"causes": [{"reason": "UnexpectedServerResponse",
                                         "message": "404 page not found"}]})
@@ -345,7 +446,7 @@ class ApiServer:
                 item.pop("kind", None)
                 item.pop("apiVersion", None)
             return web.json_response({"kind": f"{RESOURCES[resource].kind}List",
-                                      "apiVersion": "v1",
+                                      "apiVersion": RESOURCES[resource].api_version,
                                       "metadata": {"resourceVersion": str(rv)}, "items": items})
         if request.method == "POST":
             directive = fieldvalidation.directive(request.query.get("fieldValidation"),
@@ -364,7 +465,7 @@ class ApiServer:
                     self._delete(resource, item["metadata"].get("namespace", ""),
                                  item["metadata"]["name"], None)
             return web.json_response({"kind": f"{RESOURCES[resource].kind}List",
-                                      "apiVersion": "v1",
+                                      "apiVersion": RESOURCES[resource].api_version,
                                       "metadata": {"resourceVersion": str(rv)}, "items": items})
         raise ApiError(405, "MethodNotAllowed",
                        "the server does not allow this method on the requested resource")
@@ -382,6 +483,8 @@ class ApiServer:
         for server_field in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp"):
             meta.pop(server_field, None)
         owner = self.store.find("namespaces", "", namespace) if namespace else None
+        if namespace and owner is None:
+            raise not_found("namespaces", namespace)  # NamespaceLifecycle, dry runs too
         if owner is not None and owner["metadata"].get("deletionTimestamp"):
             # The NamespaceLifecycle admission plugin, before any validation.
             raise ApiError(403, "Forbidden",
@@ -423,6 +526,8 @@ class ApiServer:
         if namespace:
             # Validating admission sees the generated name, so its refusals name it.
             self.store.generate_name(resource, namespace, meta)
+            if resource == "pods":
+                podsecurity.admit(owner, body)
             self.control.admit_quota(resource, namespace, body)
         if dry_run:
             return body
@@ -556,7 +661,7 @@ class ApiServer:
             if server_field in current["metadata"]:
                 meta[server_field] = current["metadata"][server_field]
         updated["kind"] = current["kind"]
-        updated["apiVersion"] = "v1"
+        updated["apiVersion"] = RESOURCES[resource].api_version
         if resource in ("pods", "nodes", "namespaces"):
             mutable = {"pods": ("activeDeadlineSeconds",), "nodes": ("taints", "unschedulable"),
                        "namespaces": ()}[resource]

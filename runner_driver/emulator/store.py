@@ -26,7 +26,7 @@ Obj = dict[str, Any]
 
 @dataclass(frozen=True)
 class ResourceType:
-    """One REST resource of the core v1 API group, as discovery describes it."""
+    """One REST resource of a served API group (core v1, or RBAC), as discovery describes it."""
 
     name: str
     kind: str
@@ -34,6 +34,15 @@ class ResourceType:
     short_names: tuple[str, ...] = ()
     verbs: tuple[str, ...] = ("create", "delete", "get", "list", "patch", "update", "watch")
     field_selectors: frozenset[str] = frozenset({"metadata.name", "metadata.namespace"})
+    group: str = ""  # "" is the core group, served under /api/v1
+
+    @property
+    def api_version(self) -> str:
+        """The objects' `apiVersion`: `v1`, or `<group>/v1`."""
+        return f"{self.group}/v1" if self.group else "v1"
+
+
+RBAC_GROUP = "rbac.authorization.k8s.io"
 
 
 RESOURCES: dict[str, ResourceType] = {
@@ -62,6 +71,12 @@ RESOURCES: dict[str, ResourceType] = {
                          "involvedObject.uid", "involvedObject.apiVersion",
                          "involvedObject.resourceVersion", "involvedObject.fieldPath",
                          "reason", "reportingComponent", "source", "type"})),
+        # RBAC objects: the emulated API server authorizes every request of a service
+        # account against them (see `rbac`).
+        ResourceType("roles", "Role", True, group=RBAC_GROUP),
+        ResourceType("rolebindings", "RoleBinding", True, group=RBAC_GROUP),
+        ResourceType("clusterroles", "ClusterRole", False, group=RBAC_GROUP),
+        ResourceType("clusterrolebindings", "ClusterRoleBinding", False, group=RBAC_GROUP),
     )
 }
 
@@ -314,7 +329,7 @@ class Store:
         meta["resourceVersion"] = str(self._next_rv())
         meta.pop("deletionTimestamp", None)
         obj["kind"] = kind
-        obj["apiVersion"] = "v1"
+        obj["apiVersion"] = RESOURCES[resource].api_version
         self._objects[resource][key] = obj
         self._emit("ADDED", resource, obj)
         return copy.deepcopy(obj)

@@ -14,6 +14,7 @@ import re
 import shutil
 from pathlib import Path
 
+from . import rbac
 from .selectors import parse_quantity
 from .store import Obj, Store
 
@@ -105,9 +106,8 @@ def materialise(store: Store, pod: Obj, directory: Path, volume: Obj) -> str | N
                         files[item["path"]] = (field_ref(
                             pod, item.get("fieldRef") or {}).encode(), mode)
                 elif "serviceAccountToken" in source:
-                    token = "emulated." + base64.urlsafe_b64encode(
-                        f"{namespace}:{pod['spec'].get('serviceAccountName')}".encode()
-                    ).decode().rstrip("=")
+                    token = rbac.service_account_token(
+                        namespace, str(pod["spec"].get("serviceAccountName")))
                     files[source["serviceAccountToken"].get("path", "token")] = (
                         token.encode(), mode)
         else:

@@ -1,5 +1,9 @@
 """Pod, event and secret calls in the driver's namespace, and following one pod on a watch.
 
+`check` also asks here whether the namespace exists, what our credentials may do
+(SelfSubjectAccessReview, SelfSubjectReview) and whether a pod would be admitted
+(a dry-run create); none of these stores anything.
+
 Each call is one API request under the retry policy (transient failures retried within
 `retry_timeout`, everything else raised at once as a `ClusterError`), answers with
 plain dicts, and takes "not found" as an answer where it is one. `pod_updates`
@@ -92,6 +96,22 @@ class Cluster:
             error.unsent = not reached
             raise
 
+    def dry_run_create_pod(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Ask the API server to admit the pod without creating it (`dryRun=All`).
+
+        Authorization, field validation (Strict), Pod Security and quota admission all
+        run; nothing is stored, so retrying is harmless. The pod as it would be stored
+        comes back.
+
+        Raises:
+            ClusterError: the server refused it, with its status and message.
+        """
+        name = manifest["metadata"]["name"]
+        return dict(self._call(f"creating pod {self.namespace}/{name} (dry run)", "POST",
+                               rest.pods(self.namespace),
+                               query=[("dryRun", "All"), ("fieldValidation", "Strict")],
+                               body=manifest))
+
     def read_pod(self, name: str) -> dict[str, Any] | None:
         """The pod, or None when it does not exist."""
         return self._read(f"reading pod {self.namespace}/{name}",
@@ -151,6 +171,36 @@ class Cluster:
         items = list(listed.get("items") or [])
         items.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
         return items
+
+    # --- the namespace and our own access (for `check`) -------------------------------
+
+    def read_namespace(self) -> dict[str, Any] | None:
+        """The driver's namespace, or None when it does not exist."""
+        return self._read(f"reading namespace {self.namespace}", rest.namespace_path(),
+                          self.namespace)
+
+    def access_review(self, verb: str, resource: str) -> tuple[bool, str]:
+        """Whether our credentials may `verb` the `resource` (`pods/exec` for a
+        subresource) in the namespace, by a SelfSubjectAccessReview; and the
+        authorizer's reason ("" when it gave none)."""
+        plural, _, subresource = resource.partition("/")
+        attributes = {"namespace": self.namespace, "verb": verb, "group": "",
+                      "resource": plural}
+        if subresource:
+            attributes["subresource"] = subresource
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes}}
+        answer = self._call(f"asking whether we may {verb} {resource} in {self.namespace}",
+                            "POST", rest.SELF_SUBJECT_ACCESS_REVIEWS, body=body)
+        status = answer.get("status") or {}
+        return bool(status.get("allowed")), str(status.get("reason") or "")
+
+    def who_am_i(self) -> str:
+        """The user name the API server sees for our credentials (a SelfSubjectReview)."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        answer = self._call("asking the API server who we are", "POST",
+                            rest.SELF_SUBJECT_REVIEWS, body=body)
+        return str(((answer.get("status") or {}).get("userInfo") or {}).get("username") or "")
 
     # --- objects owned by the pod -------------------------------------------------
 

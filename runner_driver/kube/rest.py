@@ -49,6 +49,16 @@ def events(namespace: str) -> str:
     return _path(namespace, "events", "")
 
 
+def namespace_path() -> str:
+    """The path of the driver's namespace object itself."""
+    return "/api/v1/namespaces/{namespace}"
+
+
+# Reviews are created and answered, never stored: nothing is left behind.
+SELF_SUBJECT_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+SELF_SUBJECT_REVIEWS = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+
+
 def _path(namespace: str, resource: str, name: str) -> str:
     # Quoted by `ApiClient.param_serialize` as the generated client quotes them.
     return f"/api/v1/namespaces/{{namespace}}/{resource}" + ("/{name}" if name else "")
