@@ -38,14 +38,6 @@ PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 
-# When each optional permission is needed, keyed like PERMISSIONS; an optional one
-# not listed here is always asked for (the safe side).
-NEEDED_WHEN: dict[tuple[str, str], Callable[[Settings], bool]] = {
-    ("get", "secrets"): lambda s: bool(s.registry.secrets or s.tls.ca_secret),
-    ("get", "configmaps"): lambda s: bool(s.tls.ca_configmap),
-}
-
-
 @dataclass(frozen=True)
 class Result:
     """One row of the table: the outcome, what was checked, and a note or the fix."""
@@ -104,15 +96,13 @@ def _permission(settings: Settings, cluster: Cluster, permission: Permission,
                 user: str) -> Result:
     verb, resource, namespace = permission.verb, permission.resource, cluster.namespace
     what = f"{verb} {resource} in namespace {namespace}"
-    needed_when = NEEDED_WHEN.get((verb, resource))
-    needed = not permission.optional_when or needed_when is None or needed_when(settings)
     try:
         allowed, _reason = cluster.access_review(verb, resource)
     except ClusterError as error:
         return Result(FAIL, what, f"could not ask: {error}")
     if allowed:
         return Result(PASS, what, permission.needed_by)
-    if not needed:
+    if not permission.needed(settings):
         return Result(SKIP, what, f"not granted, and not needed while "
                                   f"{permission.optional_when}")
     return Result(FAIL, what, f"denied; fix: grant `{verb}` on `{resource}` in namespace "

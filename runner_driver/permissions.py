@@ -8,21 +8,30 @@ nothing missing, nothing unused. This module must not talk to the API.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 @dataclass(frozen=True)
 class Permission:
-    """One verb on one resource (a subresource is written `pods/exec`), and who needs it."""
+    """One verb on one resource (a subresource is written `pods/exec`) of the core group,
+    and who needs it."""
 
     verb: str
     resource: str
     needed_by: str
-    optional_when: str = ""  # the settings under which nothing calls it ("" = always)
+    # The settings under which nothing calls it ("" = always needed), and that
+    # condition's test: whether the given settings need it.
+    optional_when: str = ""
+    needed_with: Callable[[Settings], bool] | None = None
 
-    @property
-    def group(self) -> str:
-        return ""  # every resource the driver touches is in the core group
+    def needed(self, settings: Settings) -> bool:
+        """Whether the driver calls it with these settings."""
+        return self.needed_with is None or self.needed_with(settings)
 
 
 PERMISSIONS: tuple[Permission, ...] = (
@@ -40,9 +49,11 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("delete", "secrets", "cleanup and gc: delete the job's Secret"),
     Permission("list", "secrets", "gc: finds Secrets whose job is gone"),
     Permission("get", "secrets", "prepare: reads the operator's registry and CA Secrets",
-               optional_when="no [registry] secrets and no [tls] ca_secret"),
+               optional_when="no [registry] secrets and no [tls] ca_secret",
+               needed_with=lambda s: bool(s.registry.secrets or s.tls.ca_secret)),
     Permission("get", "configmaps", "prepare: reads the operator's CA ConfigMap",
-               optional_when="no [tls] ca_configmap"),
+               optional_when="no [tls] ca_configmap",
+               needed_with=lambda s: bool(s.tls.ca_configmap)),
 )
 
 

@@ -61,16 +61,17 @@ def prepare(settings: Settings, job: JobContext, cluster: Cluster, out: TextIO
     _say(out, built.registries)
     for note in built.notes:
         _say(out, note if note.startswith("WARNING") else f"Pod override {note}")
-    record = PodRecord(cluster.namespace, name, job.nonce)
-    _record(job, record)
     _say(out, f"Creating pod {cluster.namespace}/{name} (build image {images[BUILD]}, "
               f"helper image {images[HELPER]})")
     started = time.monotonic()
     secret = built.secret
     if secret is not None:
         # Before the pod, so the kubelet finds it at once (a missing secret volume is
-        # retried with a back-off of half a second and more).
+        # retried with a back-off of half a second and more). Not recorded: cleanup
+        # acts on the pod only, and `gc` removes a Secret whose pod never came.
         _create_secret(cluster, secret, settings, job)
+    record = PodRecord(cluster.namespace, name, job.nonce)
+    _record(job, record)
     try:
         created = _create(cluster, manifest, settings, job)
     except BaseException:

@@ -68,8 +68,8 @@ def granted_by_chart() -> set[tuple[str, str]]:
 
 def used(before: dict[str, int], after: dict[str, int]) -> set[tuple[str, str]]:
     """(verb, resource) pairs authorized between two counts of authorization checks."""
-    return {(key.partition(" ")[0], key.partition(" ")[2])
-            for key, count in after.items() if count > before.get(key, 0)}
+    pairs = [key.split(" ", 1) for key, count in after.items() if count > before.get(key, 0)]
+    return {(verb, resource) for verb, resource in pairs}
 
 
 def test_the_role_grants_exactly_what_jobs_and_gc_request(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .fieldvalidation import go_quote
@@ -110,8 +110,7 @@ class Attributes:
         return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
 
 
-def attributes(method: str, path: str, query: Mapping[str, str],
-               websocket: bool = False) -> Attributes | None:
+def attributes(method: str, path: str, query: Mapping[str, str]) -> Attributes | None:
     """The request's attributes; None for a non-resource request (discovery, /version)."""
     parts = [p for p in path.split("/") if p]
     if parts[:1] == ["api"] and len(parts) >= 3:
@@ -136,9 +135,17 @@ def attributes(method: str, path: str, query: Mapping[str, str],
         verb = "delete" if name else "deletecollection"
     else:
         verb = {"PUT": "update", "PATCH": "patch"}.get(method, method.lower())
-    if websocket and subresource == "exec":
-        verb = "get"  # a websocket exec opens with GET
     return Attributes(verb, group, resource, subresource, namespace, name)
+
+
+def checks(request: Attributes, websocket: bool) -> tuple[Attributes, ...]:
+    """What must be allowed for a request: its own attributes, and for a websocket
+    upgrade (which opens with GET) of exec, attach or portforward also `create`, as the
+    POST of SPDY needs (Kubernetes >= 1.35, AuthorizePodWebsocketUpgradeCreatePermission
+    on by default)."""
+    if websocket and request.verb == "get" and request.subresource in UPGRADED_SUBRESOURCES:
+        return request, replace(request, verb="create")
+    return (request,)
 
 
 def authorize(store: Store, user: User, request: Attributes) -> tuple[bool, str]:

@@ -20,7 +20,6 @@ import binascii
 import contextlib
 import contextvars
 import copy
-import dataclasses
 import json
 import logging
 import time
@@ -137,8 +136,7 @@ class ApiServer:
 
     @staticmethod
     def _attributes(request: web.Request) -> rbac.Attributes | None:
-        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
-        return rbac.attributes(request.method, request.path, request.query, websocket)
+        return rbac.attributes(request.method, request.path, request.query)
 
     @classmethod
     def _classify(cls, request: web.Request) -> tuple[str, str]:
@@ -212,14 +210,8 @@ class ApiServer:
         attributes = self._attributes(request)
         if attributes is None:
             return
-        checks = [attributes]
-        if attributes.verb == "get" and attributes.subresource in rbac.UPGRADED_SUBRESOURCES \
-                and request.headers.get("Upgrade", "").lower() == "websocket":
-            # Kubernetes >= 1.35 (AuthorizePodWebsocketUpgradeCreatePermission, on by
-            # default): a websocket upgrade, which opens with GET, must also be allowed
-            # `create`, as the POST of SPDY is.
-            checks.append(dataclasses.replace(attributes, verb="create"))
-        for check in checks:
+        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+        for check in rbac.checks(attributes, websocket):
             self.faults.authorized(user.name, check.verb, check.combined)
             if not rbac.authorize(self.store, user, check)[0]:
                 raise rbac.forbidden(user, check)
