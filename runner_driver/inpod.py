@@ -77,40 +77,45 @@ def _compact(program: str) -> str:
 # delivered can be removed while a long stage goes on printing.
 CHUNK_BYTES = 8 * 1024 * 1024
 
-# `run`: start a stage script detached from the exec, then follow its output.
-# $1 is the script's size in bytes, sent on stdin ("-" when only following), $2 the
-# stage id, $3 the byte offset of the output already received, $4 the supervisor, $5
-# the job's nonce, $6 the container's name (the key of its remembered shell; may be
-# empty), $7 the chunk size (default CHUNK_BYTES).
-# The script is read in full (stdin is never closed: v4 exec cannot) and kept only in
-# an unlinked file on the memory volume. `mkdir` of the claim directory is atomic, so
-# a stage starts at most once however often the driver reconnects. The supervisor runs
-# the script with stdout and stderr merged (as the runner's job log merges them) into a
+# `run`: start a stage script detached from the exec, then follow its output. $1 is the
+# script's size in bytes, sent on stdin ("-" when only following), $2 the stage id, $3
+# the byte offset of the output already received, $4 the supervisor, $5 the job's nonce,
+# $6 the container's name (the key of its remembered shell; may be empty), $7 the chunk
+# size (default CHUNK_BYTES).
+# The script is read in full (stdin is never closed: v4 exec cannot) and kept only in an
+# unlinked file on the memory volume (unlinked once the supervisor holds it open).
+# Creating the claim file under `set -C` is atomic (O_EXCL, in the shell itself), so a
+# stage starts at most once however often the driver reconnects. The supervisor runs the
+# script with stdout and stderr merged (as the runner's job log merges them) into a
 # relay that cuts the output into chunk files named by the byte offset they start at
 # (ID.log.0, ID.log.4711, ...), each at most $7 bytes, and writes the exit code to the
-# status file by rename once the relay has written everything, so it is read whole or
-# not at all. Following: `cat` on a descriptor opened once reads exactly up to the
-# current end and advances it, so nothing is sent twice or skipped; a chunk is
-# complete once the next one exists. Delivered output is trimmed: on each move to the
-# next chunk, the chunks that end more than $7 bytes before it are removed, so a
+# status file once the relay has written everything (one short write: a status is
+# complete once it is not empty). Following: `cat` on a descriptor opened once reads
+# exactly up to the current end and advances it, so nothing is sent twice or skipped; a
+# chunk is complete once the next one exists. Delivered output is trimmed: on each move
+# to the next chunk, the chunks that end more than $7 bytes before it are removed, so a
 # reconnect finds what the connection had in flight and the pod keeps at most about
-# three chunks' worth of a stage's output, however much it prints. The status file is checked
-# before reading, so all output is sent before the exit line. A script that exits
-# while processes it left in the background still hold its output open is reported
-# after about a second (their later output is not part of the stage).
-# Control lines go to stderr: started/attached, alive (a heartbeat every ~5 s, so
-# the driver can tell a silent script from a dead link), exit N, truncated (send
-# again), gap N (the output before byte N was trimmed: follow again from N), error
-# TEXT. A stage whose script and supervisor are both gone without a status (killed by
-# the script itself, e.g. `kill -9 -1`, even before the supervisor recorded the
-# script's pid) is reported after two heartbeats. The launcher that starts the stage
-# records the supervisor's pid, so a supervisor still starting the script counts as
-# running. Script copies of launchers that died before unlinking them, and the files
-# of earlier stages, are removed when the next stage starts (in the one `rm` that
-# unlinks the script: each process start costs a stage milliseconds; the patterns in
-# $gone expand when it does).
-STAGE_LAUNCHER = _compact(f"""n=$1; id=$2; off=$3; c=${{7:-{CHUNK_BYTES}}}
-run={RUN_DIR}; log={LOG_DIR}/$id.log; st=$run/$id.status; pf=$run/$id.pid
+# three chunks' worth of a stage's output, however much it prints. The status file is
+# checked before reading, so all output is sent before the exit line. Between reads the
+# follower sleeps, a little longer each time; the connection that started the stage is
+# the supervisor's parent, so (with a CHLD trap, in shells whose `wait` a trapped signal
+# interrupts: dash and busybox ash) it wakes the moment the stage ends instead of at the
+# next tick. Every process start costs a stage about a millisecond, so the path from
+# start to exit line runs as few as it can: a chunk still empty is not read. A script
+# that exits while processes it left in the background still hold its output open is
+# reported after about a second (their later output is not part of the stage). Control
+# lines go to stderr: started/attached, alive (a heartbeat every ~5 s, so the driver can
+# tell a silent script from a dead link), exit N, truncated (send again), gap N (the
+# output before byte N was trimmed: follow again from N), error TEXT. A stage whose
+# script and supervisor are both gone without a status (killed by the script itself,
+# e.g. `kill -9 -1`, even before the supervisor recorded the script's pid) is reported
+# after two heartbeats. The launcher that starts the stage records the supervisor's pid,
+# so a supervisor still starting the script counts as running. Script copies of
+# launchers that died before unlinking them, and the files of earlier stages, are
+# removed when the next stage starts (in the one `rm` that unlinks the script, after the
+# supervisor started; the patterns in $gone expand when it does).
+STAGE_LAUNCHER = _compact(f"""n=$1; id=$2; off=$3; c=${{7:-{CHUNK_BYTES}}}; N=/dev/null
+run={RUN_DIR}; ld={LOG_DIR}; log=$ld/$id.log; st=$run/$id.status; pf=$run/$id.pid
 sup=$run/$id.sup
 {RUNNING}
 {OURS}
@@ -119,14 +124,16 @@ scan() {{ le=; gt=; for q in $log.*; do [ -e $q ] || continue; k=${{q##*.}}
   if [ $k -le $1 ]; then [ -n "$le" ] && [ $k -le $le ] || le=$k
   elif [ -z "$gt" ] || [ $k -lt $gt ]; then gt=$k; fi; done; }}
 if ! ours "$5"; then say error {NOT_OURS}; exit 3; fi
-[ -d $run ] && [ -d {LOG_DIR} ] || mkdir -p $run {LOG_DIR} || exit 5
+[ -d $run ] && [ -d $ld ] || mkdir -p $run $ld || exit 5
 if [ "$n" != - ]; then
   scr=$run/$id.sh.$$
   if ! (umask 077 && head -c $n > $scr); then
     rm -f $scr; say error cannot store the script in $run; exit 5
   fi
   if [ $(($(wc -c < $scr))) -ne $n ]; then rm -f $scr; say truncated; exit 4; fi
-  if mkdir $run/$id.claim 2>/dev/null; then
+  set -C
+  if {{ :; }} 2>$N > $run/$id.claim; then
+    set +C
     for y in $run/*.sh.*; do
       [ -e $y ] && [ $y != $scr ] || continue
       running ${{y##*.}} || rm -f $y
@@ -134,34 +141,34 @@ if [ "$n" != - ]; then
     gone=
     for done in $run/*.status; do
       [ -e $done ] || continue
-      old=${{done##*/}}; old=${{old%.status}}
-      [ $old = $id ] || gone="$gone $run/$old.claim $done $done.rc $run/$old.sup \\
-        $run/$old.copied {LOG_DIR}/$old.log.*"
+      old=${{done##*/}}; old=${{old%.status}}; b=$run/$old
+      [ $old = $id ] || gone="$gone $b.claim $done $done.rc $b.sup $b.pid $b.copied \\
+        $ld/$old.log.*"
     done
     : > $log.0
     exec 4< $scr
-    rm -rf $scr $gone
     sh1=; cf=${{6:+$run/shell-$6}}
     if [ -n "$cf" ] && [ -r $cf ]; then read -r sh1 < $cf || sh1=; fi
     if [ -z "$sh1" ] || [ ! -x "$sh1" ]; then
       sh1=/busybox/sh
       for x in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/bin/sh /bin/sh; do
-        if [ -x $x ] && $x -c : </dev/null >/dev/null 2>&1; then
+        if [ -x $x ] && $x -c : <$N >$N 2>&1; then
           sh1=$x; break
         fi
       done
-      if [ -n "$cf" ]; then echo $sh1 > $cf; fi
+      [ -z "$cf" ] || echo $sh1 > $cf
     fi
     set -- "$4" runner-driver-supervise $id $sh1 $c
-    if command -v setsid >/dev/null; then setsid sh -c "$@" </dev/null >/dev/null 2>&1 &
-    else sh -c "$@" </dev/null >/dev/null 2>&1 & fi
+    if command -v setsid >$N; then setsid sh -c "$@" <$N >$N 2>&1 &
+    else sh -c "$@" <$N >$N 2>&1 & fi
     echo $! > $sup
     exec 4<&-
+    rm -rf $scr $gone
     say started
   else
-    rm -f $scr; say attached
+    set +C; rm -f $scr; say attached
   fi
-elif [ -d $run/$id.claim ]; then say attached
+elif [ -e $run/$id.claim ]; then say attached
 else say error stage $id was never started in this pod; exit 3
 fi
 w=0
@@ -173,11 +180,11 @@ while scan $off; [ -z "$le" ]; do
 done
 cur=$le; skip=$((off - cur))
 exec 3< $log.$cur
-if [ $skip -gt 0 ]; then dd bs=1 skip=$skip count=0 <&3 2>/dev/null || exit 6; fi
-tk=0; qt=0; left=0
+if [ $skip -gt 0 ]; then dd bs=1 skip=$skip count=0 <&3 2>$N || exit 6; fi
+tk=0; qt=0; left=0; trap : CHLD
 while :; do
-  if [ -e $st ]; then fin=1; else fin=0; fi
-  cat <&3 || exit 6
+  fin=0; [ ! -s $st ] || fin=1
+  [ ! -s $log.$cur ] || cat <&3 || exit 6
   scan $cur
   if [ -n "$gt" ]; then
     cat <&3 || exit 6
@@ -192,19 +199,16 @@ while :; do
   if [ $fin = 1 ]; then read -r rc < $st; say exit $rc; exit 0; fi
   if [ -s $st.rc ]; then
     left=$((left + 1))
-    if [ $left -gt 30 ]; then mv -f $st.rc $st 2>/dev/null; continue; fi
+    if [ $left -gt 30 ]; then mv -f $st.rc $st 2>$N; continue; fi
   fi
   tk=$((tk + 1))
-  if [ $tk -le 5 ]; then sleep 0.002
-  elif [ $tk -le 10 ]; then sleep 0.01
-  elif [ $tk -le 20 ]; then sleep 0.02
-  elif [ $tk -le 30 ]; then sleep 0.05
-  else sleep 0.1
-  fi
+  case $tk in ?) d=0.005;; 1?) d=0.02;; 2?) d=0.05;; *) d=0.1;; esac
+  sleep $d >$N 2>&1 & z=$!
+  [ -s $st ] || wait $z
   if [ $((tk % 50)) -eq 0 ]; then
     say alive
-    if [ -e $st ] || running "$(cat $pf 2>/dev/null)" \\
-        || running "$(cat $sup 2>/dev/null)"; then qt=0; else qt=$((qt + 1)); fi
+    if [ -s $st ] || running "$(cat $pf 2>$N)" \\
+        || running "$(cat $sup 2>$N)"; then qt=0; else qt=$((qt + 1)); fi
     if [ $qt -ge 2 ]; then
       say error stage $id is not running and left no exit status; exit 3
     fi
@@ -223,8 +227,11 @@ done
 # the output; dd stops early only there), or at an empty chunk; then it renames the exit
 # code to the status file, so the status exists only once all output is on disk. A
 # chunk's size comes from dd's own summary (its first word: the bytes copied), else
-# from `wc`. If the follower gave up waiting for the end (background processes hold
-# the pipe) and wrote the status itself, the relay discards what they print.
+# from `wc`. At the end it empties the pid file (the group is gone: no stop may signal
+# a pid the container has since given to another process) and writes the status with
+# shell builtins only: it is the last step before the exit line. If the follower gave
+# up waiting for the end (background processes hold the pipe) and wrote the status
+# itself, the relay discards what they print.
 STAGE_SUPERVISOR = _compact(f"""id=$1; c=$3; log={LOG_DIR}/$id.log; st={RUN_DIR}/$id.status
 pf={RUN_DIR}/$id.pid; cp={RUN_DIR}/$id.copied
 (if command -v setsid >/dev/null; then setsid "$2" <&4 4<&- & else "$2" <&4 4<&- & fi
@@ -243,16 +250,17 @@ while :; do
     *) [ $z -gt 0 ] || break;;
   esac
 done
-rm -f $cp $pf; mv -f $st.rc $st 2>/dev/null; }}
+: > $pf; [ -s $st.rc ] && read -r rc < $st.rc && echo $rc > $st; }}
 """)
 
 # Stop a stage started by STAGE_LAUNCHER: TERM to its process group (the generated
 # script traps it and exits 1), KILL after $2 tenths of a second. A stage that is
-# just starting gets a second to record its pid. $3 is the job's nonce: nothing is
-# signalled in a pod that is not the job's own.
+# just starting gets a second to record its pid; one that has ended is left alone. $3
+# is the job's nonce: nothing is signalled in a pod that is not the job's own.
 STAGE_STOPPER = f"""pidfile={RUN_DIR}/$1.pid
 {OURS}
 if ! ours "$3"; then echo "runner-driver-stop: {NOT_OURS}" >&2; exit 3; fi
+[ -s {RUN_DIR}/$1.status ] && exit 0
 i=0
 while [ ! -s "$pidfile" ] && [ "$i" -lt 10 ]; do sleep 0.1; i=$((i + 1)); done
 [ -s "$pidfile" ] || exit 0

@@ -142,7 +142,7 @@ def test_leftover_check_allows_shell_parameter_expansion() -> None:
 
 def test_launcher_keeps_output_on_the_logs_volume() -> None:
     """Stage output goes to LOG_DIR (the disk-backed volume), the script to RUN_DIR (memory)."""
-    assert f"log={LOG_DIR}/$id.log" in STAGE_LAUNCHER
+    assert f"ld={LOG_DIR}; log=$ld/$id.log" in STAGE_LAUNCHER
     assert f"run={RUN_DIR}" in STAGE_LAUNCHER
 
 
