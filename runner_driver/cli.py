@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .kube import Connection
     from .runner_env import ExitCodes, JobContext, StageIO
     from .settings import Settings
+    from .standby import Standbys
 
 EMULATOR_EXTRA_HINT = (
     "the emulated cluster needs the 'emulator' extra: pip install 'runner-driver[emulator]'")
@@ -43,14 +44,17 @@ CANCELED = "canceled: gitlab-runner sent SIGTERM; stopped"
 
 
 class Wiring:
-    """What every stage needs: the settings, the job, and the cluster's credentials."""
+    """What every stage needs: the settings, the job, and the cluster's credentials; in
+    the agent also its standby execs."""
 
-    __slots__ = ("connection", "job", "settings")
+    __slots__ = ("connection", "job", "settings", "standbys")
 
-    def __init__(self, settings: Settings, job: JobContext, connection: Connection) -> None:
+    def __init__(self, settings: Settings, job: JobContext, connection: Connection,
+                 standbys: Standbys | None = None) -> None:
         self.settings = settings
         self.job = job
         self.connection = connection
+        self.standbys = standbys
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -315,8 +319,10 @@ def _dispatch(stage: str, arguments: Mapping[str, Any], wire: Callable[[], Wirin
         io.out.flush()
         run(cluster, name, Path(arguments["script"]), arguments["stage"], job.nonce,
             out_fd=io.out.fileno(), stage_id=str(arguments.get("stage_id") or ""),
-            offset=int(arguments.get("offset") or 0))
+            offset=int(arguments.get("offset") or 0), standbys=wiring.standbys)
     else:
+        if wiring.standbys is not None:
+            wiring.standbys.end(cluster, name, job.nonce)
         cleanup(cluster, job)
     return 0
 
@@ -326,6 +332,7 @@ def _leave_agent(wiring: Wiring, agent_spec: str | None, io: StageIO,
     """Fork the runner's agent on the claimed socket, so later stages start warm."""
     from . import agent, logs, settings
     from .runner_env import JobContext
+    from .standby import Standbys
 
     if agent_spec is None or not wiring.settings.agent.enabled:
         return
@@ -335,11 +342,12 @@ def _leave_agent(wiring: Wiring, agent_spec: str | None, io: StageIO,
                         directory=agent_client.agent_directory(io.environ))
         return
     watched = [*wiring.settings.watched_files(), io.environ.get("KUBECONFIG", "")]
+    standbys = Standbys() if wiring.settings.agent.standby_exec else None
 
     def serve(stage: str, arguments: dict[str, Any], stage_io: StageIO) -> int:
         def served() -> Wiring:
             return Wiring(wiring.settings, JobContext.from_env(stage_io.environ),
-                          wiring.connection)
+                          wiring.connection, standbys)
 
         return execute(stage, arguments, stage_io, served, None)
 

@@ -64,8 +64,7 @@ RUNNING = """running() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null \\
 # the nonce its job's `config` minted: a pod of another job, or one that replaced ours
 # under the same name, does not match, and no stage runs there.
 OURS = """ours() { [ -n "$1" ] && [ "${RUNNER_DRIVER_NONCE:-}" = "$1" ]; }"""
-NOT_OURS = ("this pod belongs to another job: its nonce does not match the one minted "
-            "for this job")
+NOT_OURS = "this pod belongs to another job: its nonce is not the one minted for this job"
 
 def _compact(program: str) -> str:
     """`program` without indentation: it travels percent-encoded in the exec URL, where
@@ -78,10 +77,11 @@ def _compact(program: str) -> str:
 CHUNK_BYTES = 8 * 1024 * 1024
 
 # `run`: start a stage script detached from the exec, then follow its output. $1 is the
-# script's size in bytes, sent on stdin ("-" when only following), $2 the stage id, $3
-# the byte offset of the output already received, $4 the supervisor, $5 the job's nonce,
-# $6 the container's name (the key of its remembered shell; may be empty), $7 the chunk
-# size (default CHUNK_BYTES).
+# script's size in bytes, sent on stdin ("-" when only following; "@" when $1 to $3 come
+# first on stdin, as one line: a standby exec opened before its stage), $2 the stage id,
+# $3 the byte offset of the output already received, $4 the supervisor, $5 the job's
+# nonce, $6 the container's name (the key of its remembered shell; may be empty), $7 the
+# chunk size (default CHUNK_BYTES).
 # The script is read in full (stdin is never closed: v4 exec cannot) and kept only in an
 # unlinked file on the memory volume (unlinked once the supervisor holds it open).
 # Creating the claim file under `set -C` is atomic (O_EXCL, in the shell itself), so a
@@ -115,8 +115,6 @@ CHUNK_BYTES = 8 * 1024 * 1024
 # removed when the next stage starts (in the one `rm` that unlinks the script, after the
 # supervisor started; the patterns in $gone expand when it does).
 STAGE_LAUNCHER = _compact(f"""n=$1; id=$2; off=$3; c=${{7:-{CHUNK_BYTES}}}; N=/dev/null
-run={RUN_DIR}; ld={LOG_DIR}; log=$ld/$id.log; st=$run/$id.status; pf=$run/$id.pid
-sup=$run/$id.sup
 {RUNNING}
 {OURS}
 say() {{ echo "runner-driver-stage: $*" >&2; }}
@@ -124,6 +122,9 @@ scan() {{ le=; gt=; for q in $log.*; do [ -e $q ] || continue; k=${{q##*.}}
   if [ $k -le $1 ]; then [ -n "$le" ] && [ $k -le $le ] || le=$k
   elif [ -z "$gt" ] || [ $k -lt $gt ]; then gt=$k; fi; done; }}
 if ! ours "$5"; then say error {NOT_OURS}; exit 3; fi
+[ "$n" != @ ] || read -r n id off || exit 4
+run={RUN_DIR}; ld={LOG_DIR}; log=$ld/$id.log; st=$run/$id.status; pf=$run/$id.pid
+sup=$run/$id.sup
 [ -d $run ] && [ -d $ld ] || mkdir -p $run $ld || exit 5
 if [ "$n" != - ]; then
   scr=$run/$id.sh.$$
@@ -148,7 +149,7 @@ if [ "$n" != - ]; then
     : > $log.0
     exec 4< $scr
     sh1=; cf=${{6:+$run/shell-$6}}
-    if [ -n "$cf" ] && [ -r $cf ]; then read -r sh1 < $cf || sh1=; fi
+    [ -r "$cf" ] && read -r sh1 < $cf || sh1=
     if [ -z "$sh1" ] || [ ! -x "$sh1" ]; then
       sh1=/busybox/sh
       for x in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/bin/sh /bin/sh; do
@@ -232,15 +233,15 @@ done
 # shell builtins only: it is the last step before the exit line. If the follower gave
 # up waiting for the end (background processes hold the pipe) and wrote the status
 # itself, the relay discards what they print.
-STAGE_SUPERVISOR = _compact(f"""id=$1; c=$3; log={LOG_DIR}/$id.log; st={RUN_DIR}/$id.status
-pf={RUN_DIR}/$id.pid; cp={RUN_DIR}/$id.copied
+STAGE_SUPERVISOR = _compact(f"""id=$1; c=$3; log={LOG_DIR}/$id.log; b={RUN_DIR}/$id
+st=$b.status; pf=$b.pid; cp=$b.copied
 (if command -v setsid >/dev/null; then setsid "$2" <&4 4<&- & else "$2" <&4 4<&- & fi
 k=$!; exec 4<&-
 echo $k > $pf
 wait $k; echo $? > $st.rc) 2>&1 | {{
 exec 4<&-; bs=4096; [ $c -ge $bs ] || bs=$c; r=$((c / bs)); o=0
 while :; do
-  if [ -e $st ]; then exec cat > /dev/null; fi
+  [ ! -e $st ] || exec cat > /dev/null
   dd bs=$bs count=$r of=$log.$o 2> $cp
   rs=; z=; {{ read -r rs _ && read -r _ && read -r z _; }} < $cp
   case $z in ''|*[!0-9]*) z=$(($(wc -c < $log.$o)));; esac
@@ -288,6 +289,20 @@ def launcher_argv(script_size: int | None, stage_id: str, offset: int, nonce: st
     size = "-" if script_size is None else str(script_size)
     return ["sh", "-c", STAGE_LAUNCHER, "runner-driver-stage", size, stage_id, str(offset),
             STAGE_SUPERVISOR, nonce, container, str(chunk_bytes)]
+
+
+def standby_argv(nonce: str, container: str = "", chunk_bytes: int = CHUNK_BYTES) -> list[str]:
+    """Exec argv of a launcher that waits for its stage: it checks the pod's nonce, then
+    reads `standby_header` and the script from stdin and goes on as `launcher_argv`
+    would with them. At the end of stdin before a header it exits (code 4) and does
+    nothing."""
+    return ["sh", "-c", STAGE_LAUNCHER, "runner-driver-stage", "@", "", "0",
+            STAGE_SUPERVISOR, nonce, container, str(chunk_bytes)]
+
+
+def standby_header(script_size: int, stage_id: str, offset: int) -> bytes:
+    """The line a standby launcher reads before the script: its size, stage id, offset."""
+    return f"{script_size} {stage_id} {offset}\n".encode()
 
 
 def stopper_argv(stage_id: str, nonce: str, grace_tenths: int = 20) -> list[str]:

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from . import cancel, logs
 from .errors import Canceled, ClusterError, ConfigError, DriverError, JobFailed
-from .inpod import StageControl, launcher_argv, stopper_argv
+from .inpod import StageControl, launcher_argv, standby_header, stopper_argv
 from .kube import Cluster, RetryPolicy, write_all
 from .podspec import BUILD, HELPER
 from .podstatus import diagnose
+from .standby import Standbys, next_container
 
 # The stages GitLab's own Kubernetes executor runs in its helper container: they need
 # git and the `gitlab-runner` binary, which the kaniko image lacks.
@@ -62,7 +63,7 @@ def new_stage_id(stage: str) -> str:
 
 def run(cluster: Cluster, pod: str, script_path: Path, stage: str, nonce: str,
         out_fd: int = 1, stall_seconds: float = STALL_SECONDS, stage_id: str = "",
-        offset: int = 0) -> None:
+        offset: int = 0, standbys: Standbys | None = None) -> None:
     """Run the stage's script in the pod, its output (stdout and stderr merged) to `out_fd`.
 
     The pod must carry the job's `nonce` (the launcher checks it in the pod): a pod of
@@ -70,6 +71,9 @@ def run(cluster: Cluster, pod: str, script_path: Path, stage: str, nonce: str,
 
     With the `stage_id` and `offset` of a run that an earlier process started, it
     resumes that run: the script starts at most once, and output goes on from `offset`.
+
+    With `standbys` (the agent's), the stage starts on the job's standby exec when it
+    has a usable one, and once the script has ended a standby is opened for the next.
 
     Raises:
         JobFailed: the script exited non-zero (its code is kept), or its build
@@ -90,13 +94,16 @@ def run(cluster: Cluster, pod: str, script_path: Path, stage: str, nonce: str,
     log.debug("running stage script", bytes=len(script))
     try:
         code = _follow(cluster, pod, container, stage_id, script, out_fd, stall_seconds,
-                       offset, nonce)
+                       offset, nonce, standbys)
     except (Canceled, OutputError):
         # Nobody reads the stage any more (a cancel, or the runner gone): stop it, and
         # let no second SIGTERM cut the stop short.
         with cancel.shielded(STOP_SHIELD_SECONDS):
             _stop(cluster, pod, container, stage_id, nonce)
         raise
+    following = next_container(stage, container)
+    if standbys is not None and following is not None:
+        standbys.prepare(cluster, pod, nonce, following)
     if code != 0:
         log.info("stage script failed", exit_code=code)
         raise JobFailed(f"the {stage} script exited with code {code}", exit_code=code)
@@ -124,7 +131,8 @@ class _Output:
 
 
 def _follow(cluster: Cluster, pod: str, container: str, stage_id: str, script: bytes,
-            out_fd: int, stall_seconds: float, offset: int, nonce: str) -> int:
+            out_fd: int, stall_seconds: float, offset: int, nonce: str,
+            standbys: Standbys | None) -> int:
     """Start the stage (once) and follow it to its exit code across reconnects."""
     log = logs.get()
     output = _Output(out_fd, offset)
@@ -136,11 +144,18 @@ def _follow(cluster: Cluster, pod: str, container: str, stage_id: str, script: b
         before = output.offset
         argv = launcher_argv(None if started else len(script), stage_id, output.offset,
                              nonce, container)
+        stdin = None if started else script
+        # Only the first try: after a failure, each try opens an exec of its own.
+        opened = standbys.take(cluster, pod, nonce, container) \
+            if standbys is not None and attempt == 0 and not started else None
+        if opened is not None:
+            log.debug("starting the stage on the standby exec")
+            stdin = standby_header(len(script), stage_id, output.offset) + script
         failure: ClusterError | None = None
         status = b""
         try:
-            status = cluster.exec_stream(pod, container, argv, None if started else script,
-                                         output, control.feed, stall_seconds=stall_seconds)
+            status = cluster.exec_stream(pod, container, argv, stdin, output, control.feed,
+                                         stall_seconds=stall_seconds, opened=opened)
         except ClusterError as error:
             failure = error
         first_start = control.started and not started

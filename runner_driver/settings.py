@@ -184,6 +184,8 @@ class AgentSettings:
 
     enabled: bool = True
     idle_timeout_seconds: float = 600.0
+    # Open each job's next exec when a stage ends (see `standby`).
+    standby_exec: bool = True
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ from runner_driver.inpod import (
     STAGE_SUPERVISOR,
     StageControl,
     launcher_argv,
+    standby_argv,
+    standby_header,
     stopper_argv,
 )
 from tests.conftest import wait_for
@@ -361,6 +363,46 @@ def test_launcher_starts_nothing_in_a_pod_that_is_not_the_jobs(
 
 
 @pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_a_standby_launcher_runs_the_stage_its_header_names(
+        shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
+    """A standby launcher reads size, stage id and offset from its first line of stdin, then
+    the script, and runs it as a launcher given them in argv would (output, exit code,
+    files named by that stage id)."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, NONCE)
+    script = b"echo from the standby; exit 7\n"
+    result = pod.run(standby_argv(NONCE, "build"),
+                     standby_header(len(script), "build_script-5-0123abcd", 0) + script)
+    parsed = control(result.stderr)
+    assert (result.stdout, parsed.started, parsed.exit_code) == \
+        (b"from the standby\n", True, 7), result.stderr
+    assert "runner-driver/run/build_script-5-0123abcd.status" in pod.stored()
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_a_standby_launcher_whose_stdin_ends_first_does_nothing(
+        shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
+    """A standby closed before its header arrives (never used) exits 4, silently, and
+    leaves nothing in the pod."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, NONCE)
+    result = pod.run(standby_argv(NONCE, "build"), b"")
+    assert (result.returncode, result.stdout, result.stderr) == (4, b"", b"")
+    assert pod.stored() == []
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_a_standby_launcher_in_a_pod_that_is_not_the_jobs_reads_nothing(
+        shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
+    """The nonce is checked before the header is read: in another job's pod a standby
+    says so at once and ends, whatever its stdin holds."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, "f" * 32)
+    script = b"echo ran > /runner-driver/ran\n"
+    result = pod.run(standby_argv(NONCE, "build"),
+                     standby_header(len(script), "build_script-5-0123abcd", 0) + script)
+    assert (result.returncode, control(result.stderr).error) == (3, NOT_OURS)
+    assert pod.stored() == []
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
 def test_launcher_runs_the_stage_in_the_jobs_own_pod(
         shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
     """With the pod's own nonce, the launcher runs the script and reports its exit code."""
@@ -630,6 +672,30 @@ def test_a_background_process_holding_the_output_does_not_hold_the_stage(
     assert control(result.stderr).exit_code == 3, result.stderr
     assert result.stdout == b"mine\n"
     assert took < 4, took
+
+
+@pytest.mark.parametrize("shell_name", ["busybox", "dash"])
+def test_the_connection_that_started_a_stage_wakes_when_it_ends(
+        shell_name: str, tmp_path: Path, busybox_dir: Path) -> None:
+    """The follower that started a stage ends as soon as the stage does, not at its next
+    tick: with every `sleep` lasting 5 s, a quick script still ends the exec in well under
+    that (its CHLD trap cuts the wait short)."""
+    pod = Pod(shell_name, tmp_path, busybox_dir, NONCE)
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    real = "/busybox/sleep" if shell_name == "busybox" else "/usr/bin/sleep"
+    interpreter = "/busybox/sh" if shell_name == "busybox" else "/bin/sh"
+    (slow / "sleep").write_text(f"#!{interpreter}\nexec {real} 5\n")
+    (slow / "sleep").chmod(0o755)
+    separator = pod.prefix.index("--")
+    pod.prefix[separator:separator] = ["--ro-bind", str(slow), "/slow-bin"]
+    pod.env["PATH"] = "/slow-bin:" + pod.env["PATH"]
+    script = b"echo quick\n"
+    started = time.monotonic()
+    result = pod.run(launcher_argv(len(script), "step_quick", 0, NONCE), script)
+    took = time.monotonic() - started
+    assert (result.stdout, control(result.stderr).exit_code) == (b"quick\n", 0), result.stderr
+    assert took < 3, took
 
 
 def test_exec_url_stays_within_what_proxies_accept() -> None:

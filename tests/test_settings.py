@@ -352,6 +352,8 @@ ERRORS = [
                  id="zero-agent-idle-timeout"),
     pytest.param('[agent]\nenabled = "no"\n', "agent.enabled",
                  "expected true or false, got a string", id="string-for-agent-enabled"),
+    pytest.param("[agent]\nstandby_exec = 1\n", "agent.standby_exec",
+                 "expected true or false, got an integer", id="int-for-standby-exec"),
     # the runner manager's id: a Kubernetes label value
     pytest.param("[manager]\nid = 7\n", "manager.id", "expected a string, got an integer",
                  id="int-for-manager-id"),

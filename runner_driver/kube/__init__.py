@@ -17,8 +17,9 @@ commands over exec.
 from .connection import Connection, connect
 from .errors import api_error
 from .pods import Cluster, owner_reference
+from .rest import ExecSocket
 from .retry import RetryPolicy
-from .streams import Sink, exit_code, write_all
+from .streams import Sink, exit_code, usable, write_all
 
-__all__ = ["Cluster", "Connection", "RetryPolicy", "Sink", "api_error", "connect",
-           "exit_code", "owner_reference", "write_all"]
+__all__ = ["Cluster", "Connection", "ExecSocket", "RetryPolicy", "Sink", "api_error",
+           "connect", "exit_code", "owner_reference", "usable", "write_all"]

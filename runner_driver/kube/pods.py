@@ -327,10 +327,18 @@ class Cluster:
     # --- exec (see `streams`) ----------------------------------------------------------
 
     def exec_stream(self, pod: str, container: str, argv: list[str], stdin: bytes | None,
-                    out: Sink, err: Sink, stall_seconds: float) -> bytes:
-        """Run `argv` in the container, `stdin` sent first; see `streams.exec_stream`."""
+                    out: Sink, err: Sink, stall_seconds: float,
+                    opened: rest.ExecSocket | None = None) -> bytes:
+        """Run `argv` in the container (or feed the exec `opened` earlier), `stdin` sent
+        first; see `streams.exec_stream`."""
         return streams.exec_stream(self._rest, self.namespace, self._timeout, pod,
-                                   container, argv, stdin, out, err, stall_seconds)
+                                   container, argv, stdin, out, err, stall_seconds, opened)
+
+    def open_exec(self, pod: str, container: str, argv: list[str]) -> rest.ExecSocket:
+        """Start `argv` in the container with stdin and return the open session, once
+        (no retry: a caller that can do without it does); see `streams.open_exec`."""
+        return streams.open_exec(self._rest, self.namespace, self._timeout, pod, container,
+                                 argv, stdin=True)
 
     def run_quiet(self, pod: str, container: str, argv: list[str],
                   timeout: float) -> tuple[int, bytes]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,8 +34,12 @@ Sink = Callable[[memoryview], object]  # a view into the frame: copy it to keep 
 
 def exec_stream(api: rest.Rest, namespace: str, request_timeout: float, pod: str, container: str,
                 argv: list[str], stdin: bytes | None, out: Sink, err: Sink,
-                stall_seconds: float) -> bytes:
+                stall_seconds: float, opened: rest.ExecSocket | None = None) -> bytes:
     """Run `argv` in the container, `stdin` sent first, output passed to the sinks.
+
+    With `opened` (an exec of this container opened earlier with stdin, see `open_exec`),
+    `argv` is not sent: `stdin` goes to the command already running there. The session
+    is closed either way.
 
     Returns the exec's final status (JSON bytes; empty when the connection ended
     without one).
@@ -43,8 +49,9 @@ def exec_stream(api: rest.Rest, namespace: str, request_timeout: float, pod: str
             nothing for `stall_seconds` (then `transient`).
     """
     what = f"running a command in container {container} of pod {namespace}/{pod}"
-    with _exec_session(api, namespace, request_timeout, pod, container, argv,
-                       stdin=stdin is not None) as session:
+    with (_adopted(opened) if opened is not None else
+          _exec_session(api, namespace, request_timeout, pod, container, argv,
+                        stdin=stdin is not None)) as session:
         try:
             for offset in range(0, len(stdin or b""), STDIN_CHUNK):
                 session.write_stdin((stdin or b"")[offset:offset + STDIN_CHUNK])
@@ -73,9 +80,14 @@ def run_quiet(api: rest.Rest, namespace: str, request_timeout: float, pod: str, 
     return exit_code(what, status), bytes(output)
 
 
-@contextmanager
-def _exec_session(api: rest.Rest, namespace: str, request_timeout: float, pod: str,
-                  container: str, argv: list[str], stdin: bool) -> Iterator[Any]:
+def open_exec(api: rest.Rest, namespace: str, request_timeout: float, pod: str,
+              container: str, argv: list[str], stdin: bool) -> rest.ExecSocket:
+    """Start `argv` in the container and return its open exec session (the caller's to
+    close), the handshake bounded by `request_timeout`.
+
+    Raises:
+        ClusterError: the exec could not start (the API server's message kept).
+    """
     what = f"starting a command in container {container} of pod {namespace}/{pod}"
     try:
         session = api.exec_socket(
@@ -85,6 +97,46 @@ def _exec_session(api: rest.Rest, namespace: str, request_timeout: float, pod: s
         session.sock.settimeout(request_timeout)
     except Exception as error:
         raise api_error(what, error) from error
+    return session
+
+
+def usable(session: rest.ExecSocket) -> bool:
+    """Whether an exec opened earlier still waits for its stdin: connected, and nothing
+    but the API server's opening frame (a channel byte and no data) arrived on it.
+    Output, a status or a close means its command has ended; it never blocks."""
+    ws = session.sock
+    sock = ws.sock
+    if sock is None:
+        return False
+    try:
+        while True:
+            buffered = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+            if not buffered and not select.select([sock], [], [], 0)[0]:
+                return True
+            # A frame has begun to arrive: the rest of it follows at once.
+            ws.settimeout(PUMP_TICK_SECONDS)
+            opcode, frame = ws.recv_data_frame(True)
+            if opcode in (websocket.ABNF.OPCODE_PING, websocket.ABNF.OPCODE_PONG):
+                continue  # (websocket-client answers a ping itself)
+            if opcode not in (websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_TEXT) \
+                    or len(frame.data) > 1:
+                return False
+    except (OSError, ValueError, websocket.WebSocketException):
+        return False
+
+
+@contextmanager
+def _exec_session(api: rest.Rest, namespace: str, request_timeout: float, pod: str,
+                  container: str, argv: list[str], stdin: bool) -> Iterator[Any]:
+    session = open_exec(api, namespace, request_timeout, pod, container, argv, stdin)
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+@contextmanager
+def _adopted(session: rest.ExecSocket) -> Iterator[Any]:
     try:
         yield session
     finally:
