@@ -44,11 +44,11 @@ Key = tuple[str, str, str, str]  # API server, namespace, pod, nonce
 def next_container(stage: str, container: str) -> str | None:
     """The container the stage after `stage` (which ran in `container`) most likely uses.
 
-    gitlab-runner's order is fixed: prepare_script, get_sources, restore_cache,
-    download_artifacts (helper), the build steps and after_script (build), then
-    archive_cache, upload_artifacts and cleanup_file_variables (helper); a stage with
-    nothing to do is left out. So the next stage mostly runs where this one ran, and
-    some changes are certain.
+    gitlab-runner's order is fixed (common/build.go, `executeBuildSection`):
+    prepare_script, get_sources, restore_cache, download_artifacts (helper), the build
+    steps and after_script (build), then archive_cache, upload_artifacts and
+    cleanup_file_variables (helper); a stage with nothing to do is left out. So the next
+    stage mostly runs where this one ran, and some changes are certain.
     """
     if stage == "cleanup_file_variables":
         return None  # the last stage of every job
