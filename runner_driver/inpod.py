@@ -225,7 +225,7 @@ done
 # and `split` buffer) into chunk files named by the byte offset they start at, each at
 # most $3 bytes (2048 reads of up to 4 KiB: streaming, and few files for output that
 # comes a line at a time), and ends when a dd read fewer times than asked (the end of
-# the output; dd stops early only there), or at an empty chunk; then it renames the exit
+# the output; dd stops early only there), or at an empty chunk; then it writes the exit
 # code to the status file, so the status exists only once all output is on disk. A
 # chunk's size comes from dd's own summary (its first word: the bytes copied), else
 # from `wc`. At the end it empties the pid file (the group is gone: no stop may signal

@@ -101,8 +101,7 @@ def run(cluster: Cluster, pod: str, script_path: Path, stage: str, nonce: str,
         with cancel.shielded(STOP_SHIELD_SECONDS):
             _stop(cluster, pod, container, stage_id, nonce)
         raise
-    following = next_container(stage, container)
-    if standbys is not None and following is not None:
+    if standbys is not None and (following := next_container(stage, container)):
         standbys.prepare(cluster, pod, nonce, following)
     if code != 0:
         log.info("stage script failed", exit_code=code)

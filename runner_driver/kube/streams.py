@@ -14,8 +14,8 @@ import os
 import select
 import ssl
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 import websocket
@@ -49,9 +49,10 @@ def exec_stream(api: rest.Rest, namespace: str, request_timeout: float, pod: str
             nothing for `stall_seconds` (then `transient`).
     """
     what = f"running a command in container {container} of pod {namespace}/{pod}"
-    with (_adopted(opened) if opened is not None else
-          _exec_session(api, namespace, request_timeout, pod, container, argv,
-                        stdin=stdin is not None)) as session:
+    if opened is None:
+        opened = open_exec(api, namespace, request_timeout, pod, container, argv,
+                           stdin=stdin is not None)
+    with closing(opened) as session:
         try:
             for offset in range(0, len(stdin or b""), STDIN_CHUNK):
                 session.write_stdin((stdin or b"")[offset:offset + STDIN_CHUNK])
@@ -69,8 +70,8 @@ def run_quiet(api: rest.Rest, namespace: str, request_timeout: float, pod: str, 
     """Run a short command without stdin; its exit code and combined output."""
     what = f"running a command in container {container} of pod {namespace}/{pod}"
     output = bytearray()
-    with _exec_session(api, namespace, request_timeout, pod, container, argv,
-                       stdin=False) as session:
+    with closing(open_exec(api, namespace, request_timeout, pod, container, argv,
+                           stdin=False)) as session:
         try:
             status = _pump(session, output.extend, output.extend,
                            deadline=time.monotonic() + timeout, stall=None)
@@ -123,24 +124,6 @@ def usable(session: rest.ExecSocket) -> bool:
                 return False
     except (OSError, ValueError, websocket.WebSocketException):
         return False
-
-
-@contextmanager
-def _exec_session(api: rest.Rest, namespace: str, request_timeout: float, pod: str,
-                  container: str, argv: list[str], stdin: bool) -> Iterator[Any]:
-    session = open_exec(api, namespace, request_timeout, pod, container, argv, stdin)
-    try:
-        yield session
-    finally:
-        session.close()
-
-
-@contextmanager
-def _adopted(session: rest.ExecSocket) -> Iterator[Any]:
-    try:
-        yield session
-    finally:
-        session.close()
 
 
 def _flag(value: bool) -> str:
